@@ -1,0 +1,1 @@
+"""Scripts' code that builds and converts the ONNX models; never imported by the orchestrator."""

@@ -1,0 +1,171 @@
+"""Builds every model.onnx in the model repository; skips those whose inputs did not change.
+
+    python -m modelkit.build                       # reference lipsync + S3FD from real weights
+    python -m modelkit.build --lipsync wav2lip-random
+    python -m modelkit.build --lipsync checkpoint --wav2lip-checkpoint wav2lip.pth
+
+An artefact's stamp is a hash of the code that makes it, the files it reads and its
+parameters; a rebuild happens only when that hash changes or the output is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from modelkit import reference
+from modelkit.errors import ModelBuildError
+from modelkit.repository import input_dims, onnx_path, read_config
+
+LIPSYNC_SOURCES = ("reference", "wav2lip-random", "checkpoint")
+# Seed of the random Wav2Lip weights: fixed so that benchmark figures are comparable.
+WAV2LIP_SEED = 0
+# Wav2Lip-96 is trained on 96-pixel crops; the converter refuses other configs.
+WAV2LIP_FACE_SIZE = 96
+
+
+@dataclass
+class Artifact:
+    name: str
+    out: Path
+    make: Callable[[Path], None]
+    code: list[object]
+    files: list[Path] = field(default_factory=list)
+    params: dict[str, object] = field(default_factory=dict)
+
+    def digest(self) -> str:
+        h = hashlib.sha256(self.name.encode())
+        for obj in self.code:
+            h.update(inspect.getsource(obj).encode())  # type: ignore[arg-type]
+        for path in self.files:
+            h.update(_file_sha256(path).encode())
+        h.update(json.dumps(self.params, sort_keys=True, default=str).encode())
+        return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise ModelBuildError(f"{path}: file not found") from None
+
+
+def build(artifact: Artifact, stamps: Path, *, log: Callable[[str], None] = print) -> bool:
+    """Builds one artefact unless its stamp matches; returns whether it was built."""
+    # One stamp per output file, so switching sources (reference, then Wav2Lip, then
+    # reference again) always rebuilds what is really on disk.
+    stamp = stamps / (re.sub(r"[^A-Za-z0-9_.-]", "_", str(artifact.out)) + ".sha256")
+    digest = artifact.digest()
+    if artifact.out.exists() and stamp.exists() and stamp.read_text().strip() == digest:
+        log(f"{artifact.name}: up to date ({artifact.out})")
+        return False
+    log(f"{artifact.name}: building {artifact.out}")
+    artifact.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = artifact.out.with_suffix(".partial.onnx")
+    artifact.make(partial)
+    onnx.checker.check_model(str(partial), full_check=True)
+    partial.replace(artifact.out)
+    stamps.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest + "\n")
+    return True
+
+
+def lipsync_artifact(
+    repository: Path, source: str, checkpoint: Path | None = None, out: Path | None = None
+) -> Artifact:
+    face_size = input_dims(read_config(repository / "lipsync"), "face")[-1]
+    target = out or onnx_path(repository, "lipsync")
+    if source == "reference":
+        return Artifact(
+            name=f"lipsync-reference-{face_size}",
+            out=target,
+            make=lambda p: reference.export_reference(p, face_size),
+            code=[reference],
+            params={"face_size": face_size},
+        )
+    from modelkit import wav2lip  # torch is only needed for the Wav2Lip sources
+
+    if face_size != WAV2LIP_FACE_SIZE:
+        raise ModelBuildError(
+            f"{repository / 'lipsync' / 'config.pbtxt'}: face is {face_size} px but Wav2Lip-96 "
+            f"needs {WAV2LIP_FACE_SIZE}"
+        )
+    if source == "wav2lip-random":
+        return Artifact(
+            name="lipsync-wav2lip-random",
+            out=target,
+            make=lambda p: wav2lip.export_wav2lip(wav2lip.random_generator(WAV2LIP_SEED), p),
+            code=[wav2lip],
+            params={"seed": WAV2LIP_SEED},
+        )
+    if source == "checkpoint":
+        if checkpoint is None:
+            raise ModelBuildError("--lipsync checkpoint needs --wav2lip-checkpoint PATH")
+        return Artifact(
+            name="lipsync-wav2lip-checkpoint",
+            out=target,
+            make=lambda p: wav2lip.export_wav2lip(wav2lip.load_checkpoint(checkpoint), p),
+            code=[wav2lip],
+            files=[checkpoint],
+        )
+    raise ModelBuildError(f"unknown lipsync source '{source}'; one of {', '.join(LIPSYNC_SOURCES)}")
+
+
+def detector_artifact(repository: Path, downloads: Path) -> Artifact:
+    from modelkit import s3fd
+
+    weights = s3fd.fetch_weights(downloads)
+    return Artifact(
+        name="face_detector-s3fd",
+        out=onnx_path(repository, "face_detector"),
+        make=lambda p: s3fd.export_s3fd(weights, p),
+        code=[s3fd],
+        files=[weights],
+    )
+
+
+def build_repository(
+    repository: Path,
+    *,
+    lipsync: str = "reference",
+    checkpoint: Path | None = None,
+    work: Path = Path("build"),
+    log: Callable[[str], None] = print,
+) -> None:
+    stamps = work / "stamps"
+    build(lipsync_artifact(repository, lipsync, checkpoint), stamps, log=log)
+    build(detector_artifact(repository, work / "downloads"), stamps, log=log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="build-models", description=__doc__.splitlines()[0])
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--work", type=Path, default=Path("build"), help="downloads and stamps")
+    parser.add_argument("--lipsync", choices=LIPSYNC_SOURCES, default="reference")
+    parser.add_argument("--wav2lip-checkpoint", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        build_repository(
+            args.repository,
+            lipsync=args.lipsync,
+            checkpoint=args.wav2lip_checkpoint,
+            work=args.work,
+        )
+    except ModelBuildError as exc:
+        print(f"build-models: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

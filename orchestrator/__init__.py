@@ -1,0 +1,1 @@
+"""The lip-sync service: a thin asyncio orchestrator in front of NVIDIA Triton."""

@@ -1,0 +1,83 @@
+"""`dh`: the command line of the service.
+
+Exit status: 0 success, 2 bad input, 1 internal fault; failures print one line that names
+the stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import numpy as np
+
+from orchestrator.errors import BadInput, PipelineError
+from orchestrator.models import load_served_models
+from orchestrator.settings import Settings
+from orchestrator.triton import TritonClient
+
+# Probe inputs: a quiet mel window (Wav2Lip's floor is -4) and a mid-grey face stack.
+PROBE_MEL_LEVEL = -2.0
+PROBE_GREY = 0.5
+PROBE_FRAME_SIDE = 256
+
+
+async def probe(settings: Settings) -> None:
+    """One inference through each model; prints what came back."""
+    async with TritonClient(
+        settings.triton_url,
+        request_timeout_s=settings.triton_request_timeout_s,
+        retry_deadline_s=settings.triton_retry_deadline_s,
+        max_in_flight=settings.triton_max_in_flight,
+    ) as client:
+        served = await load_served_models(client, settings)
+        for spec in (served.lipsync, served.detector):
+            groups = ", ".join(f"{g.count}x{g.kind}" for g in spec.instance_groups)
+            print(
+                f"{spec.name}: {spec.platform}, max batch {spec.max_batch_size}, "
+                f"instances {groups}, preferred batches {list(spec.preferred_batch_sizes)}"
+            )
+        s = served.face_size
+        mel = np.full((1, 1, 80, 16), PROBE_MEL_LEVEL, np.float32)
+        face = np.full((1, 6, s, s), PROBE_GREY, np.float32)
+        pred = (await client.infer(served.lipsync.name, {"mel": mel, "face": face}, ["pred"]))[
+            "pred"
+        ]
+        print(
+            f"{served.lipsync.name}: pred {list(pred.shape)} {pred.dtype}, "
+            f"min {pred.min():.3f} mean {pred.mean():.3f} max {pred.max():.3f}"
+        )
+        image = np.zeros((1, 3, PROBE_FRAME_SIDE, PROBE_FRAME_SIDE), np.float32)
+        detected = await client.infer(served.detector.name, {"image": image}, ["boxes", "scores"])
+        scores = detected["scores"][0]
+        faces = int((scores > settings.face_score_threshold).sum())
+        print(
+            f"{served.detector.name}: {detected['boxes'].shape[1]} prior boxes, best face score "
+            f"{scores.max():.3f} on a flat frame ({faces} above threshold)"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dh", description="Lip-synced digital-human video")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    sub.add_parser("probe", help="check both models on Triton and run one inference each")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    try:
+        if args.verb == "probe":
+            asyncio.run(probe(settings))
+    except BadInput as exc:
+        print(f"dh: {exc}", file=sys.stderr)
+        return 2
+    except PipelineError as exc:
+        print(f"dh: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dh: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

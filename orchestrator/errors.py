@@ -1,0 +1,44 @@
+"""Typed errors: every failure says which stage failed and why, never an empty message."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Root of the project's errors; carries the stage and a human message."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        message = message.strip() or f"{type(self).__name__} with no detail"
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+        self.message = message
+
+    def as_record(self) -> dict[str, str]:
+        return {"stage": self.stage, "message": self.message}
+
+
+class BadInput(PipelineError):
+    """The caller's input cannot be used (exit status 2, HTTP 4xx)."""
+
+
+class InferenceError(PipelineError):
+    """Triton could not serve a request; carries the model and Triton's own message."""
+
+    def __init__(self, model: str, message: str, stage: str = "infer") -> None:
+        super().__init__(stage, f"model '{model}': {message}")
+        self.model = model
+
+
+class TritonUnavailable(InferenceError):
+    """Triton (or the model) could not be reached within the retry deadline."""
+
+
+class TritonTimeout(InferenceError):
+    """A request ran past its deadline."""
+
+
+class TritonRejected(InferenceError):
+    """Triton answered with an error (bad request, queue full, model failure)."""
+
+
+class ContractMismatch(InferenceError):
+    """A model's tensors are not what the pipeline needs; a start-up error."""

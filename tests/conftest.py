@@ -1,0 +1,64 @@
+"""Shared fixtures: one real local Triton per test session (or the one named by
+DH_TEST_TRITON_URL / DH_TEST_TRITON_METRICS_URL), and clients bound to it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from localtriton.launcher import local_triton
+from modelkit.build import build_repository
+from orchestrator.settings import Settings
+from orchestrator.triton import TritonClient
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_REPOSITORY = REPO / "model_repository"
+TRITON_VENV = REPO / ".venv-triton"
+
+
+@dataclass(frozen=True)
+class TritonAddress:
+    grpc_url: str
+    metrics_url: str
+
+
+@pytest.fixture(scope="session")
+def built_models() -> Path:
+    """The model repository with every model.onnx built (a no-op when up to date)."""
+    build_repository(MODEL_REPOSITORY, work=REPO / "build", log=lambda _: None)
+    return MODEL_REPOSITORY
+
+
+@pytest.fixture(scope="session")
+def triton(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonAddress]:
+    url = os.environ.get("DH_TEST_TRITON_URL")
+    if url:
+        yield TritonAddress(url, os.environ["DH_TEST_TRITON_METRICS_URL"])
+        return
+    workdir = tmp_path_factory.mktemp("triton")
+    with local_triton(built_models, workdir, TRITON_VENV, log=lambda _: None) as running:
+        yield TritonAddress(running.endpoints.grpc_url, running.endpoints.metrics_url)
+
+
+@pytest.fixture
+def settings(triton: TritonAddress, tmp_path: Path) -> Settings:
+    return Settings(
+        triton_url=triton.grpc_url,
+        triton_metrics_url=triton.metrics_url,
+        data_dir=tmp_path / "data",
+    )
+
+
+@pytest.fixture
+async def triton_client(settings: Settings) -> AsyncIterator[TritonClient]:
+    async with TritonClient(
+        settings.triton_url,
+        request_timeout_s=settings.triton_request_timeout_s,
+        retry_deadline_s=settings.triton_retry_deadline_s,
+        max_in_flight=64,
+    ) as client:
+        yield client
