@@ -27,7 +27,7 @@ def read_torch_file(path: Path) -> Any:
         # weights_only: a weights file must never be able to run code when it is read.
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a bad file surfaces as pickle, zip, EOF or runtime errors
-        raise ModelBuildError(f"{path}: not a readable PyTorch file ({_first_line(exc)})") from exc
+        raise ModelBuildError(f"{path}: not a readable PyTorch file ({_root_cause(exc)})") from exc
 
 
 def load_exactly(model: nn.Module, state_dict: Mapping[str, Any], path: Path) -> None:
@@ -65,6 +65,9 @@ def _listing(keys: list[str], what: str) -> str:
     return f"{len(keys)} {what}{'s' if len(keys) > 1 else ''} ({shown})"
 
 
-def _first_line(exc: BaseException) -> str:
+def _root_cause(exc: BaseException) -> str:
+    # torch wraps the real reason ("Unsupported operand 95") in a page of weights_only advice.
+    while (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
