@@ -69,6 +69,8 @@ def _locate(venv_dir: Path) -> TritonInstall:
 
 def ensure_environment(venv_dir: Path, *, log: Callable[[str], None] = print) -> TritonInstall:
     """Creates (once) and returns the Triton virtual environment at `venv_dir`."""
+    # Absolute: the server runs with another working directory and finds Python via PATH.
+    venv_dir = venv_dir.resolve()
     marker = venv_dir / MARKER
     wanted = json.dumps(sorted(REQUIREMENTS))
     if not (marker.is_file() and marker.read_text() == wanted):

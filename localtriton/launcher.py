@@ -91,6 +91,7 @@ def local_triton(
     `workdir` is owned by one server at a time: a second start finds the lock and says
     who holds it instead of failing on a port.
     """
+    repository, workdir = repository.resolve(), workdir.resolve()
     with _exclusive(workdir):
         install = ensure_environment(venv_dir, log=log)
         rendered = workdir / "model_repository"

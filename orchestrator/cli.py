@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from orchestrator.errors import BadInput, PipelineError
 from orchestrator.models import load_served_models
+from orchestrator.pipeline.runner import Engine
+from orchestrator.progress import ProgressBar, summary
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient
 
@@ -58,15 +63,44 @@ async def probe(settings: Settings) -> None:
         )
 
 
+async def generate(settings: Settings, avatar: Path, audio: Path, out: Path) -> None:
+    bar = ProgressBar()
+    try:
+        async with Engine(settings) as engine:
+            result = await engine.generate(avatar, audio, out, on_progress=bar)
+    finally:
+        bar.close()
+    print(summary(result))
+
+
+async def prepare(settings: Settings, video: Path) -> None:
+    async with Engine(settings) as engine:
+        avatar = await engine.prepare_avatar(video)
+    print(json.dumps({**avatar.summary(), "directory": str(avatar.directory)}, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dh", description="Lip-synced digital-human video")
     sub = parser.add_subparsers(dest="verb", required=True)
     sub.add_parser("probe", help="check both models on Triton and run one inference each")
+    gen = sub.add_parser("generate", help="render a lip-synced MP4")
+    gen.add_argument("--avatar", type=Path, required=True, help="avatar video")
+    gen.add_argument("--audio", type=Path, required=True, help="speech track (any format)")
+    gen.add_argument("-o", "--output", type=Path, required=True, help="the MP4 to write")
+    avatar = sub.add_parser("avatar", help="avatar commands")
+    avatar_sub = avatar.add_subparsers(dest="avatar_verb", required=True)
+    prep = avatar_sub.add_parser("prepare", help="detect and cache face boxes for a video")
+    prep.add_argument("video", type=Path)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="dh: %(levelname)s: %(message)s")
     settings = Settings()
     try:
         if args.verb == "probe":
             asyncio.run(probe(settings))
+        elif args.verb == "generate":
+            asyncio.run(generate(settings, args.avatar, args.audio, args.output))
+        elif args.verb == "avatar":
+            asyncio.run(prepare(settings, args.video))
     except BadInput as exc:
         print(f"dh: {exc}", file=sys.stderr)
         return 2

@@ -42,3 +42,25 @@ class TritonRejected(InferenceError):
 
 class ContractMismatch(InferenceError):
     """A model's tensors are not what the pipeline needs; a start-up error."""
+
+
+def unwrap(error: BaseException, stage: str) -> BaseException:
+    """The error to report for a failed task group: the first PipelineError inside it (the
+    root cause; the others are usually consequences), else the first error wrapped with
+    the stage it happened in."""
+    if isinstance(error, BaseExceptionGroup):
+        leaves = list(_leaves(error))
+        for leaf in leaves:
+            if isinstance(leaf, PipelineError):
+                return leaf
+        error = leaves[0] if leaves else error
+    if isinstance(error, PipelineError):
+        return error
+    return PipelineError(stage, f"{type(error).__name__}: {error}")
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return found

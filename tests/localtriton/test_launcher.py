@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import queue
 import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,15 +71,24 @@ class Launcher:
             text=True,
         )
         self.lines: list[str] = []
+        # A reader thread, because select() on a buffered pipe misses lines already read
+        # into Python's buffer.
+        self._queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line)
+        self._queue.put("")
 
     def read_until(self, needle: str, deadline_s: float) -> str:
-        assert self.proc.stdout is not None
         deadline = time.monotonic() + deadline_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
-            if not ready:
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
                 break
-            line = self.proc.stdout.readline()
             if not line:
                 break
             self.lines.append(line)

@@ -1,0 +1,1 @@
+"""The job's path, one module per stage: decode → avatar → drive → infer → composite → encode."""

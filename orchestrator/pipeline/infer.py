@@ -1,0 +1,92 @@
+"""infer: face crops and mel windows, batched, to the lipsync model on Triton.
+
+Batches go out as tasks with a bounded number in flight; the tasks themselves are queued
+in frame order, so the next stage gets results in order however Triton schedules them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+
+import cv2
+import numpy as np
+
+from orchestrator.pipeline.stages import END, DrivenFrame, GeneratedFrame, StageClock, guarded
+from orchestrator.triton import TritonClient
+
+STAGE = "infer"
+PIXEL_MAX = 255.0
+
+BatchTask = asyncio.Task[list[GeneratedFrame]]
+
+
+def face_stack(frame: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """The lipsync `face` input for one frame: [6, S, S] in [0, 1], BGR like Wav2Lip.
+
+    Channels 0-2 are the target crop with its lower half zeroed (the model must draw the
+    mouth), channels 3-5 the unmasked crop as the reference.
+    """
+    x1, y1, x2, y2 = box
+    crop = cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
+    chw = crop.transpose(2, 0, 1).astype(np.float32) / PIXEL_MAX
+    masked = chw.copy()
+    masked[:, size // 2 :] = 0.0
+    return np.concatenate([masked, chw])
+
+
+def _batch_inputs(batch: list[DrivenFrame], size: int) -> tuple[np.ndarray, np.ndarray]:
+    with_face = [item for item in batch if item.box is not None]
+    faces = np.stack([face_stack(item.frame, item.box, size) for item in with_face])  # type: ignore[arg-type]
+    mels = np.stack([item.mel_window[None] for item in with_face]).astype(np.float32)
+    return mels, faces
+
+
+def _to_pixels(pred: np.ndarray) -> np.ndarray:
+    """[B, 3, S, S] in [0, 1] to B BGR uint8 crops."""
+    return np.clip(pred * PIXEL_MAX + 0.5, 0, PIXEL_MAX).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+async def _infer_batch(
+    batch: list[DrivenFrame],
+    client: TritonClient,
+    model: str,
+    face_size: int,
+    pool: Executor,
+    clock: StageClock,
+) -> list[GeneratedFrame]:
+    if not any(item.box is not None for item in batch):
+        return [GeneratedFrame(item, None) for item in batch]
+    mels, faces = await clock.run(STAGE, pool, _batch_inputs, batch, face_size)
+    started = asyncio.get_running_loop().time()
+    result = await client.infer(model, {"mel": mels, "face": faces}, ["pred"])
+    clock.add(STAGE, asyncio.get_running_loop().time() - started)
+    crops = iter(await clock.run(STAGE, pool, _to_pixels, result["pred"]))
+    return [GeneratedFrame(item, next(crops) if item.box is not None else None) for item in batch]
+
+
+async def infer(
+    source: asyncio.Queue[DrivenFrame | None],
+    out: asyncio.Queue[BatchTask | None],
+    group: asyncio.TaskGroup,
+    client: TritonClient,
+    model: str,
+    face_size: int,
+    batch_size: int,
+    pool: Executor,
+    clock: StageClock,
+) -> None:
+    """`out` is bounded: its size is the number of batches in flight."""
+    batch: list[DrivenFrame] = []
+    while True:
+        item = await source.get()
+        if item is not END:
+            batch.append(item)
+        if batch and (item is END or len(batch) == batch_size):
+            work = _infer_batch(batch, client, model, face_size, pool, clock)
+            task = group.create_task(guarded(STAGE, work))
+            await out.put(task)
+            batch = []
+        if item is END:
+            await out.put(END)
+            return

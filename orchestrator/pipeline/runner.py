@@ -1,0 +1,266 @@
+"""runner: one job's path, decode → avatar → drive → infer → composite → encode.
+
+The streaming stages run as tasks of one TaskGroup connected by bounded queues: a slow
+stage slows its producer, memory does not grow with the audio, and the first failure
+cancels everything else and is reported with the stage it came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.errors import PipelineError, unwrap
+from orchestrator.models import ServedModels, load_served_models
+from orchestrator.pipeline import avatar as avatar_stage
+from orchestrator.pipeline.boxes import has_face
+from orchestrator.pipeline.composite import composite
+from orchestrator.pipeline.decode import decode_audio
+from orchestrator.pipeline.drive import drive, output_frame_count, pingpong
+from orchestrator.pipeline.encode import Mp4Writer, encode, pick_encoder
+from orchestrator.pipeline.infer import BatchTask, infer
+from orchestrator.pipeline.mel import SAMPLE_RATE, mel_spectrogram
+from orchestrator.pipeline.stages import FRAME_QUEUE_DEPTH, DrivenFrame, StageClock, guarded
+from orchestrator.settings import Settings
+from orchestrator.triton import TritonClient
+
+STAGES = ("decode", "avatar", "drive", "infer", "composite", "encode")
+
+
+@dataclass
+class Progress:
+    """What a job has done so far; handed to the progress callback after every frame."""
+
+    stage: str = "decode"
+    frames_done: int = 0
+    frames_total: int = 0
+    started: float = field(default_factory=time.monotonic)
+    frames_started: float | None = None
+
+    @property
+    def frames_per_second(self) -> float:
+        if self.frames_started is None or self.frames_done == 0:
+            return 0.0
+        return self.frames_done / max(time.monotonic() - self.frames_started, 1e-6)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        rate = self.frames_per_second
+        if rate <= 0 or self.frames_total == 0:
+            return None
+        return (self.frames_total - self.frames_done) / rate
+
+
+@dataclass(frozen=True)
+class JobResult:
+    output: Path
+    frames: int
+    fps: Fraction
+    audio_seconds: float
+    avatar: avatar_stage.Avatar
+    frames_without_face: int
+    stage_seconds: dict[str, float]
+    wall_seconds: float
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Engine:
+    """The pipeline bound to a Triton client; one per process, shared by every job."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = TritonClient(
+            settings.triton_url,
+            request_timeout_s=settings.triton_request_timeout_s,
+            retry_deadline_s=settings.triton_retry_deadline_s,
+            max_in_flight=settings.triton_max_in_flight,
+        )
+        self._served: ServedModels | None = None
+        self.video_codec = pick_encoder(settings.video_encoder)
+
+    @property
+    def avatars_dir(self) -> Path:
+        return self.settings.data_dir / "avatars"
+
+    @property
+    def served(self) -> ServedModels:
+        if self._served is None:
+            raise PipelineError("startup", "Engine.start() has not run")
+        return self._served
+
+    async def start(self) -> ServedModels:
+        """Waits for Triton and checks both models' contracts: a start-up failure is loud."""
+        self._served = await load_served_models(self.client, self.settings)
+        return self._served
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        # One pool per job, shut down with it: a cancelled job leaves no thread behind.
+        return ThreadPoolExecutor(self.settings.work_threads, thread_name_prefix="dh-job")
+
+    async def prepare_avatar(
+        self, video: Path, on_frame: Callable[[int], None] | None = None
+    ) -> avatar_stage.Avatar:
+        with self._pool() as pool:
+            try:
+                return await guarded(
+                    "avatar",
+                    avatar_stage.prepare_avatar(
+                        video, self.avatars_dir, self.client, self.settings, pool, on_frame
+                    ),
+                )
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    async def generate(
+        self,
+        avatar_video: Path,
+        audio: Path,
+        out: Path,
+        on_progress: ProgressCallback | None = None,
+    ) -> JobResult:
+        """Renders `out` (an MP4) from an avatar video and a speech track."""
+        progress = Progress()
+        report = on_progress or (lambda _: None)
+        clock = StageClock()
+        started = time.monotonic()
+        with self._pool() as pool:
+            try:
+                report(progress)
+                samples = await guarded("decode", clock.run("decode", pool, decode_audio, audio))
+                progress.stage = "avatar"
+                report(progress)
+                t0 = time.perf_counter()
+                avatar = await guarded(
+                    "avatar",
+                    avatar_stage.prepare_avatar(
+                        avatar_video, self.avatars_dir, self.client, self.settings, pool
+                    ),
+                )
+                clock.add("avatar", time.perf_counter() - t0)
+                progress.stage = "drive"
+                mel = await guarded("drive", clock.run("drive", pool, mel_spectrogram, samples))
+                fps = Fraction(self.settings.output_fps or avatar.fps).limit_denominator(1001)
+                total = output_frame_count(samples.size, fps)
+                audio_seconds = samples.size / SAMPLE_RATE
+                del samples  # the mel is all that is needed from here on
+                progress.frames_total, progress.stage = total, "infer"
+                progress.frames_started = time.monotonic()
+                report(progress)
+                output = await self._stream(
+                    avatar, mel, fps, total, audio, out, pool, clock, progress, report
+                )
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+        return JobResult(
+            output=output,
+            frames=total,
+            fps=fps,
+            audio_seconds=audio_seconds,
+            avatar=avatar,
+            frames_without_face=_frames_without_face(avatar, total),
+            stage_seconds={stage: clock.seconds.get(stage, 0.0) for stage in STAGES},
+            wall_seconds=time.monotonic() - started,
+        )
+
+    async def _stream(
+        self,
+        avatar: avatar_stage.Avatar,
+        mel: np.ndarray,
+        fps: Fraction,
+        total: int,
+        audio: Path,
+        out: Path,
+        pool: ThreadPoolExecutor,
+        clock: StageClock,
+        progress: Progress,
+        report: ProgressCallback,
+    ) -> Path:
+        """drive → infer → composite → encode, streaming, as one task group."""
+        served = self.served
+        batch_size = min(self.settings.lipsync_batch_size, served.lipsync.max_batch_size)
+        driven: asyncio.Queue[DrivenFrame | None] = asyncio.Queue(FRAME_QUEUE_DEPTH)
+        # Its size is the number of lipsync batches in flight.
+        batches: asyncio.Queue[BatchTask | None] = asyncio.Queue(self.settings.triton_max_in_flight)
+        composed: asyncio.Queue[np.ndarray | None] = asyncio.Queue(FRAME_QUEUE_DEPTH)
+
+        def on_frame(done: int) -> None:
+            progress.frames_done = done
+            report(progress)
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        writer = await guarded(
+            "encode",
+            clock.run(
+                "encode",
+                pool,
+                Mp4Writer,
+                out,
+                avatar.width,
+                avatar.height,
+                fps,
+                audio,
+                self.video_codec,
+            ),
+        )
+        try:
+            with avatar.open_frames() as frames:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(
+                        guarded(
+                            "drive", drive(avatar, frames, mel, fps, total, driven, pool, clock)
+                        )
+                    )
+                    group.create_task(
+                        guarded(
+                            "infer",
+                            infer(
+                                driven,
+                                batches,
+                                group,
+                                self.client,
+                                served.lipsync.name,
+                                served.face_size,
+                                batch_size,
+                                pool,
+                                clock,
+                            ),
+                        )
+                    )
+                    group.create_task(
+                        guarded("composite", composite(batches, composed, pool, clock))
+                    )
+                    encoded = group.create_task(
+                        guarded("encode", encode(composed, writer, pool, clock, on_frame))
+                    )
+            return encoded.result()
+        except BaseExceptionGroup as group_error:
+            writer.abort()
+            raise unwrap(group_error, "pipeline") from None
+        except BaseException:
+            writer.abort()
+            raise
+
+
+def _frames_without_face(avatar: avatar_stage.Avatar, total: int) -> int:
+    faces = has_face(avatar.boxes)
+    return sum(1 for i in range(total) if not faces[pingpong(i, avatar.frame_count)])

@@ -1,0 +1,66 @@
+"""What the stage modules share: the item types on their queues, timing and error guards."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from orchestrator.errors import PipelineError
+
+T = TypeVar("T")
+# Queue depth between stages, in frames: enough to keep every stage busy, small enough
+# that memory does not depend on the length of the audio.
+FRAME_QUEUE_DEPTH = 64
+END = None  # sent down a queue after the last item
+
+
+@dataclass(frozen=True)
+class DrivenFrame:
+    """One output frame as the drive stage hands it on."""
+
+    index: int  # output frame number
+    avatar_index: int
+    frame: np.ndarray  # BGR uint8, the avatar frame (read-only)
+    box: tuple[int, int, int, int] | None  # padded face box, None where no face was found
+    mel_window: np.ndarray  # [80, 16]
+
+
+@dataclass(frozen=True)
+class GeneratedFrame:
+    driven: DrivenFrame
+    face: np.ndarray | None  # generated face crop, BGR uint8 [S, S, 3]
+
+
+@dataclass
+class StageClock:
+    """Busy time per stage: how long each stage really worked, not how long it waited."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] += seconds
+
+    async def run(self, stage: str, pool: Executor, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` in the thread pool, timed under `stage`."""
+        started = time.perf_counter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        finally:
+            self.add(stage, time.perf_counter() - started)
+
+
+async def guarded(stage: str, work: Coroutine[Any, Any, T]) -> T:
+    """Runs a stage's task; any error that is not already typed gets the stage's name."""
+    try:
+        return await work
+    except PipelineError:
+        raise
+    except Exception as exc:
+        raise PipelineError(stage, f"{type(exc).__name__}: {exc}") from exc
