@@ -11,13 +11,18 @@ from pathlib import Path
 import pytest
 
 from localtriton.launcher import local_triton
-from modelkit.build import build_repository
+from modelkit.build import build, build_repository, lipsync_artifact
+from modelkit.repository import ONNX_NAME, model_dirs, read_config, write_config
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = REPO / "model_repository"
 TRITON_VENV = REPO / ".venv-triton"
+# A third model beside the production two: the same lipsync config serving the Wav2Lip-96
+# architecture (random weights), so tests run the pipeline on both generators.
+WAV2LIP_MODEL = "lipsync_wav2lip"
+WAV2LIP_ONNX = REPO / "build" / "models" / "wav2lip96-random.onnx"
 
 
 @dataclass(frozen=True)
@@ -34,13 +39,31 @@ def built_models() -> Path:
 
 
 @pytest.fixture(scope="session")
-def triton(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonAddress]:
+def served_repository(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The production models plus WAV2LIP_MODEL, as one repository for the test server."""
+    repository = tmp_path_factory.mktemp("model_repository")
+    for model_dir in model_dirs(built_models):
+        (repository / model_dir.name).symlink_to(model_dir.resolve())
+    artifact = lipsync_artifact(built_models, "wav2lip-random", out=WAV2LIP_ONNX)
+    build(artifact, REPO / "build" / "stamps", log=lambda _: None)
+    config = read_config(built_models / "lipsync")
+    config.name = WAV2LIP_MODEL
+    write_config(config, repository / WAV2LIP_MODEL)
+    (repository / WAV2LIP_MODEL / "1").mkdir()
+    (repository / WAV2LIP_MODEL / "1" / ONNX_NAME).symlink_to(WAV2LIP_ONNX)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def triton(
+    served_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonAddress]:
     url = os.environ.get("DH_TEST_TRITON_URL")
     if url:
         yield TritonAddress(url, os.environ["DH_TEST_TRITON_METRICS_URL"])
         return
     workdir = tmp_path_factory.mktemp("triton")
-    with local_triton(built_models, workdir, TRITON_VENV, log=lambda _: None) as running:
+    with local_triton(served_repository, workdir, TRITON_VENV, log=lambda _: None) as running:
         yield TritonAddress(running.endpoints.grpc_url, running.endpoints.metrics_url)
 
 

@@ -86,11 +86,22 @@ class Mp4Writer:
             raise
 
     def _decoded_audio(self, stream: av.AudioStream) -> Iterator[av.AudioFrame]:
+        # Timestamps counted in samples from zero: the AAC encoder then shifts its priming
+        # samples before zero and the MP4 muxer writes an edit list that hides them, so the
+        # audio lasts as long as the source instead of 64 ms more.
+        samples = 0
+        time_base = Fraction(1, self._audio.rate)
         try:
             for frame in self._source.decode(stream):
                 frame.pts = None
-                yield from self._resampler.resample(frame)
-            yield from self._resampler.resample(None)
+                for out in self._resampler.resample(frame):
+                    out.pts, out.time_base = samples, time_base
+                    samples += out.samples
+                    yield out
+            for out in self._resampler.resample(None):
+                out.pts, out.time_base = samples, time_base
+                samples += out.samples
+                yield out
         except av.FFmpegError as exc:
             raise BadInput(STAGE, f"audio {Path(self._source.name).name}: {exc}") from None
 

@@ -1,0 +1,1 @@
+"""Benchmarks: figures printed with a baseline measured in the same run, never timed tests."""

@@ -1,0 +1,37 @@
+"""What the benchmarks share: a local Triton for the run and one job in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from localtriton.launcher import local_triton
+from modelkit.build import build_repository
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def triton_for_benchmark(work: Path, url: str | None) -> Iterator[tuple[str, str]]:
+    """(grpc url, metrics url): the given server, or a local one started for this run."""
+    if url:
+        yield url, ""
+        return
+    build_repository(REPO / "model_repository", work=REPO / "build", log=lambda _: None)
+    with local_triton(
+        REPO / "model_repository", work / "triton", REPO / ".venv-triton", log=print
+    ) as running:
+        yield running.endpoints.grpc_url, running.endpoints.metrics_url
+
+
+def run_job_process(env: dict[str, str], avatar: Path, audio: Path, out: Path) -> dict[str, float]:
+    """One `dh generate` in a fresh interpreter; returns its figures (peak RSS included)."""
+    command = [sys.executable, "-m", "benchmarks.job", str(avatar), str(audio), str(out)]
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark job failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
