@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dh: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not bad input: one line here, the traceback in the log
+        logging.getLogger(__name__).debug("internal fault", exc_info=True)
+        print(f"dh: internal fault: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,105 @@
+"""`dh` as a user runs it: exit status 0, 2 for bad input, 1 for faults, one-line reasons."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from localtriton.server import free_port
+from synthmedia.audio import voiced_speech, write_audio, write_empty
+from synthmedia.avatar import write_avatar_video
+from tests.conftest import REPO, TritonAddress
+
+DH = [sys.executable, "-m", "orchestrator.cli"]
+
+
+def _dh(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*DH, *args],
+        env={**os.environ, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture
+def dh_env(triton: TritonAddress, tmp_path: Path) -> dict[str, str]:
+    return {"DH_TRITON_URL": triton.grpc_url, "DH_DATA_DIR": str(tmp_path / "data")}
+
+
+@pytest.fixture
+def media(tmp_path: Path) -> tuple[Path, Path]:
+    avatar, audio = tmp_path / "avatar.mp4", tmp_path / "speech.wav"
+    write_avatar_video(avatar, seconds=0.4, size=(160, 160))
+    write_audio(audio, voiced_speech(0.5), 16000)
+    return avatar, audio
+
+
+def test_generate_writes_the_video_and_a_stage_summary(
+    dh_env: dict[str, str], media: tuple[Path, Path], tmp_path: Path
+) -> None:
+    avatar, audio = media
+    out = tmp_path / "out.mp4"
+    done = _dh(["generate", "--avatar", str(avatar), "--audio", str(audio), "-o", str(out)], dh_env)
+    assert done.returncode == 0, done.stderr
+    assert out.stat().st_size > 0
+    assert "13/13 frames" in done.stderr
+    assert "time per stage (busy): decode" in done.stdout
+
+
+def test_bad_input_exits_2_with_one_line_naming_the_stage(
+    dh_env: dict[str, str], media: tuple[Path, Path], tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.mp4"
+    write_empty(empty)
+    args = [
+        "generate",
+        "--avatar",
+        str(empty),
+        "--audio",
+        str(media[1]),
+        "-o",
+        str(tmp_path / "o.mp4"),
+    ]
+    done = _dh(args, dh_env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "dh: decode: avatar empty.mp4: the file is empty"
+
+
+def test_unreachable_triton_exits_1_within_its_deadline(
+    media: tuple[Path, Path], tmp_path: Path
+) -> None:
+    env = {"DH_TRITON_URL": f"127.0.0.1:{free_port()}", "DH_TRITON_READY_TIMEOUT_S": "1"}
+    args = [
+        "generate",
+        "--avatar",
+        str(media[0]),
+        "--audio",
+        str(media[1]),
+        "-o",
+        str(tmp_path / "o.mp4"),
+    ]
+    done = _dh(args, env)
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("dh: infer: model 'server': readiness: Triton at 127.0.0.1:")
+    assert "unavailable" in line
+
+
+def test_avatar_prepare_prints_the_face_summary(
+    dh_env: dict[str, str], media: tuple[Path, Path]
+) -> None:
+    done = _dh(["avatar", "prepare", str(media[0])], dh_env)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["frames"] == 10
+    assert summary["frames_with_face"] == 10
+    assert Path(summary["directory"]).is_dir()
