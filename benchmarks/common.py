@@ -10,21 +10,30 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from localtriton.launcher import local_triton
-from modelkit.build import build_repository
+from modelkit.build import build_repository, repository_with_wav2lip
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The Wav2Lip-96 architecture served beside the production models, for honest compute.
+WAV2LIP_MODEL = "lipsync_wav2lip"
+
+
 @contextmanager
-def triton_for_benchmark(work: Path, url: str | None) -> Iterator[tuple[str, str]]:
+def triton_for_benchmark(
+    work: Path, url: str | None, *, wav2lip: bool = False
+) -> Iterator[tuple[str, str]]:
     """(grpc url, metrics url): the given server, or a local one started for this run."""
     if url:
         yield url, ""
         return
-    build_repository(REPO / "model_repository", work=REPO / "build", log=lambda _: None)
-    with local_triton(
-        REPO / "model_repository", work / "triton", REPO / ".venv-triton", log=print
-    ) as running:
+    repository = REPO / "model_repository"
+    build_repository(repository, work=REPO / "build", log=lambda _: None)
+    if wav2lip:
+        repository = repository_with_wav2lip(
+            repository, work / "model_repository", REPO / "build", WAV2LIP_MODEL
+        )
+    with local_triton(repository, work / "triton", REPO / ".venv-triton", log=print) as running:
         yield running.endpoints.grpc_url, running.endpoints.metrics_url
 
 

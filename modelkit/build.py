@@ -24,7 +24,14 @@ import onnx
 
 from modelkit import reference
 from modelkit.errors import ModelBuildError
-from modelkit.repository import input_dims, onnx_path, read_config
+from modelkit.repository import (
+    ONNX_NAME,
+    input_dims,
+    model_dirs,
+    onnx_path,
+    read_config,
+    write_config,
+)
 
 LIPSYNC_SOURCES = ("reference", "wav2lip-random", "checkpoint")
 # Seed of the random Wav2Lip weights: fixed so that benchmark figures are comparable.
@@ -145,6 +152,31 @@ def build_repository(
     stamps = work / "stamps"
     build(lipsync_artifact(repository, lipsync, checkpoint), stamps, log=log)
     build(detector_artifact(repository, work / "downloads"), stamps, log=log)
+
+
+def repository_with_wav2lip(source: Path, target: Path, work: Path, model_name: str) -> Path:
+    """`target`: the models of `source` plus `model_name`, the same lipsync config serving
+    the Wav2Lip-96 architecture with random weights, so tests and benchmarks can run both
+    generators on one server."""
+    target.mkdir(parents=True, exist_ok=True)
+    for model_dir in model_dirs(source):
+        link = target / model_dir.name
+        if not link.exists():
+            link.symlink_to(model_dir.resolve())
+    onnx_file = work / "models" / "wav2lip96-random.onnx"
+    build(
+        lipsync_artifact(source, "wav2lip-random", out=onnx_file),
+        work / "stamps",
+        log=lambda _: None,
+    )
+    config = read_config(source / "lipsync")
+    config.name = model_name
+    write_config(config, target / model_name)
+    version = target / model_name / "1"
+    version.mkdir(exist_ok=True)
+    (version / ONNX_NAME).unlink(missing_ok=True)
+    (version / ONNX_NAME).symlink_to(onnx_file.resolve())
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
@@ -56,6 +56,13 @@ class ModelSpec:
     max_queue_size: int
 
 
+class InferObserver(Protocol):
+    """Told about every inference request (metrics); must not block or raise."""
+
+    def infer_started(self, model: str) -> None: ...
+    def infer_finished(self, model: str, seconds: float, ok: bool) -> None: ...
+
+
 @dataclass(frozen=True)
 class ModelStats:
     inference_count: int
@@ -94,6 +101,8 @@ class TritonClient:
         self._client = grpcclient.InferenceServerClient(url)
         self._slots = asyncio.Semaphore(max_in_flight)
         self.in_flight = 0
+        # Set by the service to observe latency and requests in flight; None: no one listens.
+        self.observer: InferObserver | None = None
 
     async def close(self) -> None:
         await self._client.close()
@@ -142,15 +151,29 @@ class TritonClient:
                 )
             for model in models:
                 if not await self._client.is_model_ready(model, client_timeout=t):
-                    raise InferenceServerException(
-                        f"model '{model}' is not ready", "StatusCode.UNAVAILABLE"
-                    )
+                    await self._why_not_ready(model, t)
             return True
 
         try:
             await self._call(SERVER, "readiness", all_ready, deadline_s)
         except TritonTimeout as exc:
             raise TritonUnavailable(SERVER, exc.message) from exc
+
+    async def _why_not_ready(self, model: str, rpc_timeout_s: float) -> None:
+        """Fails at once for a model Triton does not have or could not load; a model still
+        loading raises UNAVAILABLE so that readiness keeps waiting."""
+        index = await self._client.get_model_repository_index(client_timeout=rpc_timeout_s)
+        states = {entry.name: entry for entry in index.models}
+        if model not in states:
+            have = ", ".join(sorted(states)) or "none"
+            raise TritonRejected(model, f"not in Triton's model repository (it has: {have})")
+        entry = states[model]
+        if entry.state == "UNAVAILABLE" and entry.reason:
+            raise TritonRejected(model, f"failed to load: {entry.reason}")
+        raise InferenceServerException(
+            f"model '{model}' is not ready ({entry.state or 'unknown state'})",
+            "StatusCode.UNAVAILABLE",
+        )
 
     async def model_spec(self, model: str) -> ModelSpec:
         meta = await self._call(
@@ -206,12 +229,18 @@ class TritonClient:
 
         async with self._slots:
             self.in_flight += 1
+            observer, started, ok = self.observer, time.monotonic(), False
+            if observer is not None:
+                observer.infer_started(model)
             try:
                 result = await self._call(
                     model, "inference", once, self.request_timeout_s + self.retry_deadline_s
                 )
+                ok = True
             finally:
                 self.in_flight -= 1
+                if observer is not None:
+                    observer.infer_finished(model, time.monotonic() - started, ok)
         arrays = {}
         for name in outputs:
             array = result.as_numpy(name)

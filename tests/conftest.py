@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from localtriton.launcher import local_triton
-from modelkit.build import build, build_repository, lipsync_artifact
-from modelkit.repository import ONNX_NAME, model_dirs, read_config, write_config
+from modelkit.build import build_repository, repository_with_wav2lip
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient
 
@@ -22,7 +21,6 @@ TRITON_VENV = REPO / ".venv-triton"
 # A third model beside the production two: the same lipsync config serving the Wav2Lip-96
 # architecture (random weights), so tests run the pipeline on both generators.
 WAV2LIP_MODEL = "lipsync_wav2lip"
-WAV2LIP_ONNX = REPO / "build" / "models" / "wav2lip96-random.onnx"
 
 
 @dataclass(frozen=True)
@@ -41,17 +39,9 @@ def built_models() -> Path:
 @pytest.fixture(scope="session")
 def served_repository(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The production models plus WAV2LIP_MODEL, as one repository for the test server."""
-    repository = tmp_path_factory.mktemp("model_repository")
-    for model_dir in model_dirs(built_models):
-        (repository / model_dir.name).symlink_to(model_dir.resolve())
-    artifact = lipsync_artifact(built_models, "wav2lip-random", out=WAV2LIP_ONNX)
-    build(artifact, REPO / "build" / "stamps", log=lambda _: None)
-    config = read_config(built_models / "lipsync")
-    config.name = WAV2LIP_MODEL
-    write_config(config, repository / WAV2LIP_MODEL)
-    (repository / WAV2LIP_MODEL / "1").mkdir()
-    (repository / WAV2LIP_MODEL / "1" / ONNX_NAME).symlink_to(WAV2LIP_ONNX)
-    return repository
+    return repository_with_wav2lip(
+        built_models, tmp_path_factory.mktemp("model_repository"), REPO / "build", WAV2LIP_MODEL
+    )
 
 
 @pytest.fixture(scope="session")

@@ -200,7 +200,9 @@ class Engine:
         batch_size = min(self.settings.lipsync_batch_size, served.lipsync.max_batch_size)
         driven: asyncio.Queue[DrivenFrame | None] = asyncio.Queue(FRAME_QUEUE_DEPTH)
         # Its size is the number of lipsync batches in flight.
-        batches: asyncio.Queue[BatchTask | None] = asyncio.Queue(self.settings.triton_max_in_flight)
+        batches: asyncio.Queue[BatchTask | None] = asyncio.Queue(
+            self.settings.lipsync_batches_in_flight
+        )
         composed: asyncio.Queue[np.ndarray | None] = asyncio.Queue(FRAME_QUEUE_DEPTH)
 
         def on_frame(done: int) -> None:

@@ -118,3 +118,16 @@ async def test_readiness_wait_gives_up_at_its_deadline() -> None:
         with pytest.raises(TritonUnavailable, match="model 'server'"):
             await client.wait_ready(["lipsync"], deadline_s=1.0)
         assert time.monotonic() - started < 3.0
+
+
+async def test_a_model_missing_from_the_repository_fails_readiness_at_once(
+    triton_client: TritonClient,
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(TritonRejected) as caught:
+        await triton_client.wait_ready(["lipsync", "lipsnyc"], deadline_s=60)
+    assert time.monotonic() - started < 5
+    assert caught.value.model == "lipsnyc"
+    assert (
+        "not in Triton's model repository (it has: face_detector, lipsync" in caught.value.message
+    )
