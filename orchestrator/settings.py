@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     # Pipeline
     data_dir: Path = Path("data")
     lipsync_batch_size: int = Field(32, ge=1, description="frames per lipsync request")
+    # Each batch in flight holds its frames, its tensors and gRPC's copies of them
+    # (~35 MB at 32 frames): this bounds a job's memory, not just its concurrency.
+    lipsync_batches_in_flight: int = Field(
+        4, ge=1, description="lipsync requests one job keeps in flight"
+    )
     detector_batch_size: int = Field(8, ge=1, description="frames per face_detector request")
     detect_every: int = Field(5, ge=1, description="run detection on every k-th avatar frame")
     detect_max_side: int = Field(
@@ -36,3 +41,45 @@ class Settings(BaseSettings):
     output_fps: float | None = Field(None, gt=0, description="default: the avatar's rate")
     video_encoder: str = Field("libx264", description="libx264 or h264_nvenc")
     work_threads: int = Field(4, ge=1, description="threads for decode, resize and encode")
+
+    # Service (REST API, job store, scheduler)
+    host: str = Field("127.0.0.1", description="address `dh serve` binds to")
+    port: int = Field(8080, ge=0, le=65535, description="port `dh serve` binds to")
+    api_key: str | None = Field(
+        None, description="Bearer key every route needs except /healthz, /readyz, /metrics"
+    )
+    max_running_jobs: int = Field(2, ge=1, description="jobs rendering at the same time")
+    max_backlog: int = Field(32, ge=0, description="queued jobs beyond which POST answers 429")
+    max_preparing_avatars: int = Field(1, ge=1, description="avatars prepared at the same time")
+    max_upload_bytes: int = Field(512 * 1024**2, ge=1, description="largest request body")
+    max_audio_seconds: float = Field(600.0, gt=0, description="longest speech track")
+    max_video_seconds: float = Field(600.0, gt=0, description="longest avatar video")
+    max_video_width: int = Field(3840, ge=16, description="widest avatar video (upright)")
+    max_video_height: int = Field(3840, ge=16, description="tallest avatar video (upright)")
+    max_video_pixels: int = Field(3840 * 2160, ge=256, description="largest width × height")
+    job_deadline_base_s: float = Field(120.0, gt=0, description="deadline of a job, fixed part")
+    job_deadline_per_audio_s: float = Field(
+        10.0, ge=0, description="deadline of a job, seconds added per second of audio"
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="starts of one job (restarts included) before it fails"
+    )
+    webhook_attempts: int = Field(5, ge=1, description="deliveries tried per webhook")
+    webhook_backoff_s: float = Field(1.0, gt=0, description="first retry delay, doubled each time")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="deadline of one webhook POST")
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list, description="hosts webhooks may go to; empty: any host"
+    )
+    url_fetch_allowed_schemes: list[str] = Field(
+        default_factory=lambda: ["https"], description="schemes of input URLs that are fetched"
+    )
+    url_fetch_allowed_hosts: list[str] = Field(
+        default_factory=list, description="hosts input URLs may name; empty: no URL is fetched"
+    )
+    url_fetch_max_bytes: int = Field(512 * 1024**2, ge=1, description="largest fetched input")
+    url_fetch_timeout_s: float = Field(60.0, gt=0, description="deadline of one input fetch")
+    local_input_dir: Path | None = Field(
+        None, description="the only directory server-side input paths may point into"
+    )
+    io_threads: int = Field(2, ge=1, description="threads for upload writes, hashing, probing")
+    log_json: bool = Field(False, description="log JSON lines (each with the job id)")
