@@ -30,10 +30,13 @@ def check_detector(spec: ModelSpec) -> None:
     check_contract(spec.name, FACE_DETECTOR, spec.inputs, spec.outputs)
 
 
-async def load_served_models(client: TritonClient, settings: Settings) -> ServedModels:
+async def load_served_models(
+    client: TritonClient, settings: Settings, ready_timeout_s: float | None = None
+) -> ServedModels:
     """Waits for READY, reads both models' specs and checks them; a start-up step."""
     await client.wait_ready(
-        [settings.lipsync_model, settings.detector_model], settings.triton_ready_timeout_s
+        [settings.lipsync_model, settings.detector_model],
+        settings.triton_ready_timeout_s if ready_timeout_s is None else ready_timeout_s,
     )
     lipsync = await client.model_spec(settings.lipsync_model)
     detector = await client.model_spec(settings.detector_model)

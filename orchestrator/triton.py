@@ -249,6 +249,15 @@ class TritonClient:
             arrays[name] = array
         return arrays
 
+    async def server_version(self) -> str:
+        reply = await self._call(
+            SERVER,
+            "reading server metadata",
+            lambda t: self._client.get_server_metadata(client_timeout=t),
+            self.retry_deadline_s,
+        )
+        return str(reply.version)
+
     async def statistics(self, model: str) -> ModelStats:
         reply = await self._call(
             model,

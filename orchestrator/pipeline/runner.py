@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.errors import PipelineError, unwrap
+from orchestrator.gpu import GpuCensus, GpuProbe, nvml_census, placement_problems
+from orchestrator.gpu import guard as gpu_guard
 from orchestrator.models import ServedModels, load_served_models
 from orchestrator.pipeline import avatar as avatar_stage
 from orchestrator.pipeline.boxes import has_face
@@ -76,8 +78,10 @@ ProgressCallback = Callable[[Progress], None]
 class Engine:
     """The pipeline bound to a Triton client; one per process, shared by every job."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, gpu_probe: GpuProbe = nvml_census) -> None:
         self.settings = settings
+        self.gpu_probe = gpu_probe
+        self.gpus = GpuCensus((), "not probed yet")
         self.client = TritonClient(
             settings.triton_url,
             request_timeout_s=settings.triton_request_timeout_s,
@@ -98,9 +102,30 @@ class Engine:
         return self._served
 
     async def start(self) -> ServedModels:
-        """Waits for Triton and checks both models' contracts: a start-up failure is loud."""
-        self._served = await load_served_models(self.client, self.settings)
-        return self._served
+        """Waits for Triton, checks both models' contracts and where they run against the
+        GPUs this host has: any mismatch is a loud start-up failure."""
+        served = await load_served_models(self.client, self.settings)
+        self.gpus = await asyncio.to_thread(self.gpu_probe)
+        gpu_guard(
+            self.gpus, [served.lipsync, served.detector], require_gpu=self.settings.require_gpu
+        )
+        self._served = served
+        return served
+
+    async def readiness_problems(self) -> list[str]:
+        """Why this engine should not take jobs now ([] when ready): Triton or a model not
+        ready, a model's tensors off contract, or a model on the CPU beside idle GPUs."""
+        try:
+            served = await load_served_models(self.client, self.settings, ready_timeout_s=2.0)
+        except PipelineError as exc:
+            return [exc.message]
+        census = await asyncio.to_thread(self.gpu_probe)
+        problems = placement_problems(len(census.gpus), [served.lipsync, served.detector])
+        if self.settings.require_gpu and not census.gpus:
+            problems.append(
+                f"DH_REQUIRE_GPU is set but this host has no usable GPU ({census.nvml})"
+            )
+        return problems
 
     async def close(self) -> None:
         await self.client.close()
