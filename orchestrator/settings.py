@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     output_fps: float | None = Field(None, gt=0, description="default: the avatar's rate")
     video_encoder: str = Field("libx264", description="libx264 or h264_nvenc")
     work_threads: int = Field(4, ge=1, description="threads for decode, resize and encode")
+    require_gpu: bool = Field(
+        False, description="fail at start-up unless NVML sees a GPU (set on GPU hosts)"
+    )
 
     # Service (REST API, job store, scheduler)
     host: str = Field("127.0.0.1", description="address `dh serve` binds to")
