@@ -21,7 +21,7 @@ WAV2LIP_MODEL = "lipsync_wav2lip"
 
 @contextmanager
 def triton_for_benchmark(
-    work: Path, url: str | None, *, wav2lip: bool = False
+    work: Path, url: str | None, *, wav2lip: bool = False, ort_threads: int | None = None
 ) -> Iterator[tuple[str, str]]:
     """(grpc url, metrics url): the given server, or a local one started for this run."""
     if url:
@@ -33,7 +33,9 @@ def triton_for_benchmark(
         repository = repository_with_wav2lip(
             repository, work / "model_repository", REPO / "build", WAV2LIP_MODEL
         )
-    with local_triton(repository, work / "triton", REPO / ".venv-triton", log=print) as running:
+    with local_triton(
+        repository, work / "triton", REPO / ".venv-triton", ort_threads=ort_threads, log=print
+    ) as running:
         yield running.endpoints.grpc_url, running.endpoints.metrics_url
 
 

@@ -43,13 +43,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="speech per job")
     parser.add_argument("--triton-url", help="use this Triton instead of starting one")
+    parser.add_argument(
+        "--ort-threads", type=int, help="onnxruntime threads per local model instance"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dh-bench-") as scratch:
         work = Path(scratch)
         avatar, audio = work / "avatar.mp4", work / "speech.wav"
         write_avatar_video(avatar, seconds=4, size=(320, 320))
         write_audio(audio, voiced_speech(args.seconds), 16000)
-        with triton_for_benchmark(work, args.triton_url, wav2lip=True) as (grpc_url, _):
+        with triton_for_benchmark(
+            work, args.triton_url, wav2lip=True, ort_threads=args.ort_threads
+        ) as (grpc_url, _):
             for model in ("lipsync", WAV2LIP_MODEL):
                 figures = {}
                 for label, overrides in (("frame by frame", BASELINE), ("pipelined", PIPELINED)):
