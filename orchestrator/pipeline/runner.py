@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -137,23 +138,26 @@ class Engine:
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
-    def _pool(self) -> ThreadPoolExecutor:
-        # One pool per job, shut down with it: a cancelled job leaves no thread behind.
-        return ThreadPoolExecutor(self.settings.work_threads, thread_name_prefix="dh-job")
+    @contextmanager
+    def _pool(self) -> Iterator[ThreadPoolExecutor]:
+        """One pool per job, shut down with it (queued work dropped, running work waited
+        for): a cancelled or failed job leaves no thread behind."""
+        pool = ThreadPoolExecutor(self.settings.work_threads, thread_name_prefix="dh-job")
+        try:
+            yield pool
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     async def prepare_avatar(
         self, video: Path, on_frame: Callable[[int], None] | None = None
     ) -> avatar_stage.Avatar:
         with self._pool() as pool:
-            try:
-                return await guarded(
-                    "avatar",
-                    avatar_stage.prepare_avatar(
-                        video, self.avatars_dir, self.client, self.settings, pool, on_frame
-                    ),
-                )
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+            return await guarded(
+                "avatar",
+                avatar_stage.prepare_avatar(
+                    video, self.avatars_dir, self.client, self.settings, pool, on_frame
+                ),
+            )
 
     async def generate(
         self,
@@ -168,34 +172,30 @@ class Engine:
         clock = StageClock()
         started = time.monotonic()
         with self._pool() as pool:
-            try:
-                report(progress)
-                samples = await guarded("decode", clock.run("decode", pool, decode_audio, audio))
-                progress.stage = "avatar"
-                report(progress)
-                t0 = time.perf_counter()
-                avatar = await guarded(
-                    "avatar",
-                    avatar_stage.prepare_avatar(
-                        avatar_video, self.avatars_dir, self.client, self.settings, pool
-                    ),
-                )
-                clock.add("avatar", time.perf_counter() - t0)
-                progress.stage = "drive"
-                mel = await guarded("drive", clock.run("drive", pool, mel_spectrogram, samples))
-                fps = Fraction(self.settings.output_fps or avatar.fps).limit_denominator(1001)
-                total = output_frame_count(samples.size, fps)
-                audio_seconds = samples.size / SAMPLE_RATE
-                del samples  # the mel is all that is needed from here on
-                progress.frames_total, progress.stage = total, "infer"
-                progress.frames_started = time.monotonic()
-                report(progress)
-                output = await self._stream(
-                    avatar, mel, fps, total, audio, out, pool, clock, progress, report
-                )
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+            report(progress)
+            samples = await guarded("decode", clock.run("decode", pool, decode_audio, audio))
+            progress.stage = "avatar"
+            report(progress)
+            t0 = time.perf_counter()
+            avatar = await guarded(
+                "avatar",
+                avatar_stage.prepare_avatar(
+                    avatar_video, self.avatars_dir, self.client, self.settings, pool
+                ),
+            )
+            clock.add("avatar", time.perf_counter() - t0)
+            progress.stage = "drive"
+            mel = await guarded("drive", clock.run("drive", pool, mel_spectrogram, samples))
+            fps = Fraction(self.settings.output_fps or avatar.fps).limit_denominator(1001)
+            total = output_frame_count(samples.size, fps)
+            audio_seconds = samples.size / SAMPLE_RATE
+            del samples  # the mel is all that is needed from here on
+            progress.frames_total, progress.stage = total, "infer"
+            progress.frames_started = time.monotonic()
+            report(progress)
+            output = await self._stream(
+                avatar, mel, fps, total, audio, out, pool, clock, progress, report
+            )
         return JobResult(
             output=output,
             frames=total,
@@ -281,11 +281,19 @@ class Engine:
                     )
             return encoded.result()
         except BaseExceptionGroup as group_error:
-            writer.abort()
+            _abort(writer, pool)
             raise unwrap(group_error, "pipeline") from None
         except BaseException:
-            writer.abort()
+            _abort(writer, pool)
             raise
+
+
+def _abort(writer: Mp4Writer, pool: ThreadPoolExecutor) -> None:
+    """Closes the writer once no pool thread can still be inside it: a cancelled await does
+    not stop its thread, and closing the containers under a running mux or audio decode
+    crashes libavformat (a segfault, seen when a job is cancelled mid-encode)."""
+    pool.shutdown(wait=True, cancel_futures=True)
+    writer.abort()
 
 
 def _frames_without_face(avatar: avatar_stage.Avatar, total: int) -> int:
