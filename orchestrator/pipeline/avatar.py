@@ -10,6 +10,7 @@ the video's content hash: a second job with the same video sends no detection re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -260,7 +261,11 @@ async def _decode_and_detect(
                 keyframes.append(last[0])
             await flush()
     finally:
-        frames.close()
+        # After a cancellation a pool thread may still be inside next(frames): closing then
+        # raises "generator already executing" over the real error. That thread holds the
+        # last reference, so the generator closes its container when the thread lets go.
+        with contextlib.suppress(ValueError):
+            frames.close()
     key_boxes = [detections[k] for k in keyframes]
     return count, keyframes, np.array(key_boxes, np.float64).reshape(-1, 4)
 
