@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.errors import BadInput, PipelineError
-from orchestrator.models import load_served_models
 from orchestrator.pipeline.runner import Engine
 from orchestrator.progress import ProgressBar, summary
 from orchestrator.settings import Settings
-from orchestrator.triton import TritonClient
 
 # Probe inputs: a quiet mel window (Wav2Lip's floor is -4) and a mid-grey face stack.
 PROBE_MEL_LEVEL = -2.0
@@ -30,13 +28,10 @@ PROBE_FRAME_SIDE = 256
 
 async def probe(settings: Settings) -> None:
     """One inference through each model; prints what came back."""
-    async with TritonClient(
-        settings.triton_url,
-        request_timeout_s=settings.triton_request_timeout_s,
-        retry_deadline_s=settings.triton_retry_deadline_s,
-        max_in_flight=settings.triton_max_in_flight,
-    ) as client:
-        served = await load_served_models(client, settings)
+    async with Engine(settings) as engine:
+        served, client = engine.served, engine.client
+        gpus = ", ".join(g.name for g in engine.gpus.gpus) or f"none ({engine.gpus.nvml})"
+        print(f"GPUs: {gpus}")
         for spec in (served.lipsync, served.detector):
             groups = ", ".join(f"{g.count}x{g.kind}" for g in spec.instance_groups)
             print(
@@ -79,6 +74,18 @@ async def prepare(settings: Settings, video: Path) -> None:
     print(json.dumps({**avatar.summary(), "directory": str(avatar.directory)}, indent=2))
 
 
+def serve(settings: Settings) -> None:
+    """The REST service under uvicorn; SIGINT/SIGTERM stop it gracefully."""
+    import uvicorn
+
+    from orchestrator.api.app import create_app
+    from orchestrator.logs import configure_logging
+
+    configure_logging(settings.log_json)
+    # log_config=None: uvicorn's loggers go through the handler configured above.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dh", description="Lip-synced digital-human video")
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -87,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--avatar", type=Path, required=True, help="avatar video")
     gen.add_argument("--audio", type=Path, required=True, help="speech track (any format)")
     gen.add_argument("-o", "--output", type=Path, required=True, help="the MP4 to write")
+    sub.add_parser("serve", help="run the REST service (DH_HOST, DH_PORT)")
     avatar = sub.add_parser("avatar", help="avatar commands")
     avatar_sub = avatar.add_subparsers(dest="avatar_verb", required=True)
     prep = avatar_sub.add_parser("prepare", help="detect and cache face boxes for a video")
@@ -101,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(generate(settings, args.avatar, args.audio, args.output))
         elif args.verb == "avatar":
             asyncio.run(prepare(settings, args.video))
+        elif args.verb == "serve":
+            serve(settings)
     except BadInput as exc:
         print(f"dh: {exc}", file=sys.stderr)
         return 2

@@ -64,3 +64,31 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     for error in group.exceptions:
         found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
     return found
+
+
+class LimitExceeded(BadInput):
+    """An input is over a configured limit; `status` is the HTTP answer (413 or 422)."""
+
+    def __init__(self, stage: str, message: str, status: int = 422) -> None:
+        super().__init__(stage, message)
+        self.status = status
+
+
+class NotFound(PipelineError):
+    """The named job or avatar does not exist (HTTP 404)."""
+
+
+class Conflict(PipelineError):
+    """The request clashes with the resource's state (HTTP 409)."""
+
+
+class Backlogged(PipelineError):
+    """The backlog is full; try again after `retry_after_s` (HTTP 429)."""
+
+    def __init__(self, stage: str, message: str, retry_after_s: int) -> None:
+        super().__init__(stage, message)
+        self.retry_after_s = retry_after_s
+
+
+class Unauthorized(PipelineError):
+    """The request carries no valid API key (HTTP 401)."""

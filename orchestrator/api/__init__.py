@@ -1,0 +1,1 @@
+"""The REST service: FastAPI routes over the job store and the scheduler."""

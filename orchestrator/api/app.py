@@ -1,0 +1,178 @@
+"""The FastAPI application: `create_app(settings)`; its lifespan owns every resource.
+
+Start-up opens the store, starts the Engine (waits for Triton and checks both models'
+contracts: a mismatch stops the server with a clear message rather than failing jobs
+later), recovers jobs and avatars left by the previous process, and starts the
+scheduler. Shutdown stops in the reverse order; running jobs go back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from orchestrator.api.auth import require_api_key
+from orchestrator.api.deps import Service
+from orchestrator.api.routes import avatars, easy, health, jobs, metrics
+from orchestrator.errors import (
+    Backlogged,
+    BadInput,
+    Conflict,
+    LimitExceeded,
+    NotFound,
+    PipelineError,
+    TritonUnavailable,
+    Unauthorized,
+)
+from orchestrator.jobs.avatars import Avatars
+from orchestrator.jobs.scheduler import Scheduler
+from orchestrator.jobs.store import JobRecord, SqliteStore
+from orchestrator.jobs.views import job_document
+from orchestrator.jobs.webhook import WebhookSender
+from orchestrator.metrics import ServiceMetrics
+from orchestrator.pipeline.runner import Engine
+from orchestrator.settings import Settings
+from orchestrator.storage import LocalStorage
+
+log = logging.getLogger(__name__)
+DB_NAME = "service.db"
+PAYLOAD_TOO_LARGE = 413
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    async with AsyncExitStack() as stack:
+        io_pool = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="dh-io")
+        stack.callback(io_pool.shutdown, wait=True, cancel_futures=True)
+        store = await SqliteStore(settings.data_dir / DB_NAME).open()
+        stack.push_async_callback(store.close)
+        storage = LocalStorage(settings.data_dir, io_pool)
+        service_metrics = ServiceMetrics()
+        stack.callback(service_metrics.close)
+        engine = Engine(settings)
+        stack.push_async_callback(engine.close)
+        engine.client.observer = service_metrics
+        served = await engine.start()
+        log.info(
+            "Triton ready: %s (face %d px) and %s",
+            served.lipsync.name,
+            served.face_size,
+            served.detector.name,
+        )
+        http = httpx.AsyncClient(follow_redirects=False)
+        stack.push_async_callback(http.aclose)
+        admission = asyncio.Lock()
+        avatar_service = Avatars(settings, engine, store, storage, admission)
+        stack.push_async_callback(avatar_service.stop)
+
+        async def webhook_document(job: JobRecord) -> dict[str, Any]:
+            return job_document(job, None)
+
+        webhooks = WebhookSender(settings, store, http, webhook_document)
+        stack.push_async_callback(webhooks.stop)
+        scheduler = Scheduler(
+            settings, engine, store, storage, avatar_service, service_metrics, webhooks, admission
+        )
+        await avatar_service.start()
+        await scheduler.start()
+        stack.push_async_callback(scheduler.stop)
+        app.state.service = Service(
+            settings=settings,
+            store=store,
+            storage=storage,
+            engine=engine,
+            avatars=avatar_service,
+            scheduler=scheduler,
+            metrics=service_metrics,
+            io_pool=io_pool,
+            http=http,
+        )
+        log.info("serving; data in %s", settings.data_dir)
+        yield
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="Digital human",
+        summary="Lip-synced avatar video from speech, served through NVIDIA Triton",
+        version="0.1.0",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    protected = [Depends(require_api_key)]
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(avatars.router, dependencies=protected)
+    app.include_router(jobs.router, dependencies=protected)
+    app.include_router(easy.router, dependencies=protected)
+    app.include_router(health.system_router, dependencies=protected)
+    _add_error_handlers(app)
+    return app
+
+
+def http_status(error: PipelineError) -> int:
+    if isinstance(error, LimitExceeded):
+        return error.status
+    for kind, status in (
+        (Unauthorized, 401),
+        (NotFound, 404),
+        (Conflict, 409),
+        (Backlogged, 429),
+        (BadInput, 422),
+        (TritonUnavailable, 503),
+    ):
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+def error_response(status: int, stage: str, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"stage": stage, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PipelineError)
+    async def pipeline_error(_: Request, error: PipelineError) -> JSONResponse:
+        status = http_status(error)
+        headers = {}
+        if isinstance(error, Backlogged):
+            headers["Retry-After"] = str(error.retry_after_s)
+        if isinstance(error, Unauthorized):
+            headers["WWW-Authenticate"] = "Bearer"
+        if status == PAYLOAD_TOO_LARGE:
+            # The rest of the body is not wanted: closing stops the client sending it
+            # (otherwise the server would keep reading it to reuse the connection).
+            headers["Connection"] = "close"
+        if status >= 500:
+            log.error("%s", error)
+        return error_response(status, error.stage, error.message, **headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        return error_response(422, "request", problems or "the request is not valid")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return error_response(error.status_code, "http", str(error.detail), **(error.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "server", f"{type(error).__name__}: {error}")

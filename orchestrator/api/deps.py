@@ -1,0 +1,39 @@
+"""Dependencies of the routes: the service's parts, owned by the app's lifespan."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, Request
+
+from orchestrator.jobs.avatars import Avatars
+from orchestrator.jobs.scheduler import Scheduler
+from orchestrator.jobs.store import JobStore
+from orchestrator.metrics import ServiceMetrics
+from orchestrator.pipeline.runner import Engine
+from orchestrator.settings import Settings
+from orchestrator.storage import Storage
+
+
+@dataclass(frozen=True)
+class Service:
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    engine: Engine
+    avatars: Avatars
+    scheduler: Scheduler
+    metrics: ServiceMetrics
+    io_pool: ThreadPoolExecutor  # upload writes, hashing, probing: short blocking calls
+    http: httpx.AsyncClient  # input fetches and webhooks
+
+
+async def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]

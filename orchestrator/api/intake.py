@@ -1,0 +1,85 @@
+"""Turning staged inputs into a queued job; shared by /v1/jobs and the HeyGem routes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from orchestrator.api.deps import Service
+from orchestrator.errors import BadInput, Conflict
+from orchestrator.jobs.limits import AudioInfo, check_audio, check_video
+from orchestrator.jobs.scheduler import JobInputs
+from orchestrator.jobs.store import FAILED, JobRecord, is_unique_violation
+from orchestrator.jobs.webhook import check_webhook_url
+from orchestrator.pipeline.decode import VideoInfo
+
+T = TypeVar("T")
+STAGE = "request"
+
+
+async def in_pool(service: Service, fn: Callable[..., T], *args: object) -> T:
+    return await asyncio.get_running_loop().run_in_executor(service.io_pool, fn, *args)
+
+
+def audio_check(service: Service) -> Callable[[Path, bool], AudioInfo | None]:
+    return lambda path, partial: check_audio(path, service.settings, partial)
+
+
+def video_check(service: Service) -> Callable[[Path, bool], VideoInfo | None]:
+    return lambda path, partial: check_video(path, service.settings, partial)
+
+
+async def submit_job(
+    service: Service,
+    *,
+    audio: Path,
+    video: Path | None,
+    video_content_id: str | None,
+    avatar_id: str | None,
+    client_code: str | None = None,
+    webhook_url: str | None = None,
+) -> JobRecord:
+    """Queues a job from staged files. The staged files are the caller's to discard if
+    this raises; on success they belong to the job."""
+    if (video is None) == (avatar_id is None):
+        raise BadInput(STAGE, "send either an avatar_id or a video file, not both or neither")
+    if webhook_url:
+        check_webhook_url(webhook_url, service.settings)
+    info = await in_pool(service, check_audio, audio, service.settings)
+    assert info is not None, "a complete file is always measured"
+    if avatar_id is not None:
+        avatar = await service.store.get_avatar(avatar_id)
+        if avatar is None:
+            raise BadInput(STAGE, f"no avatar with id '{avatar_id}'")
+        if avatar.state == FAILED:
+            reason = (avatar.error or {}).get("message", "unknown reason")
+            raise BadInput(STAGE, f"avatar '{avatar_id}' could not be prepared: {reason}")
+        inputs = JobInputs(
+            audio=audio,
+            audio_seconds=info.seconds,
+            avatar_id=avatar_id,
+            video=Path(avatar.source_path),
+            registered_avatar=True,
+            client_code=client_code,
+            webhook_url=webhook_url or None,
+        )
+    else:
+        assert video is not None and video_content_id is not None
+        await in_pool(service, check_video, video, service.settings)
+        inputs = JobInputs(
+            audio=audio,
+            audio_seconds=info.seconds,
+            avatar_id=video_content_id,
+            video=video,
+            registered_avatar=False,
+            client_code=client_code,
+            webhook_url=webhook_url or None,
+        )
+    try:
+        return await service.scheduler.submit(inputs)
+    except Exception as exc:
+        if is_unique_violation(exc):
+            raise Conflict(STAGE, f"a job with code '{client_code}' exists already") from None
+        raise

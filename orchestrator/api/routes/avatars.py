@@ -1,0 +1,87 @@
+"""/v1/avatars: upload a video to prepare once, inspect, list, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from orchestrator.api.deps import ServiceDep
+from orchestrator.api.intake import video_check
+from orchestrator.api.uploads import receive_form
+from orchestrator.errors import BadInput, NotFound
+from orchestrator.jobs.store import PREPARING, AvatarRecord
+from orchestrator.jobs.views import avatar_document
+
+router = APIRouter(prefix="/v1/avatars", tags=["avatars"])
+STAGE = "avatars"
+
+
+def _document(service: ServiceDep, avatar: AvatarRecord) -> dict[str, Any]:
+    document = avatar_document(avatar)
+    if avatar.state == PREPARING:
+        document["frames_decoded"] = service.avatars.frames_seen(avatar.id) or 0
+    return document
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Upload an avatar video (multipart field 'video'); preparation runs in the background",
+    responses={200: {"description": "the same video was uploaded before: that avatar"}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["video"],
+                        "properties": {"video": {"type": "string", "format": "binary"}},
+                    }
+                }
+            },
+            "required": True,
+        }
+    },
+)
+async def create_avatar(request: Request, service: ServiceDep) -> JSONResponse:
+    form = await receive_form(
+        request,
+        storage=service.storage,
+        pool=service.io_pool,
+        max_bytes=service.settings.max_upload_bytes,
+        checks={"video": video_check(service)},
+    )
+    video = form.files.get("video")
+    if video is None:
+        raise BadInput("request", "the form needs a 'video' file")
+    avatar, created = await service.avatars.register(video.content_id, video.path, video.filename)
+    return JSONResponse(
+        _document(service, avatar),
+        status_code=201 if created else 200,
+        headers={"Location": f"/v1/avatars/{avatar.id}"},
+    )
+
+
+@router.get("", summary="All avatars, newest first")
+async def list_avatars(service: ServiceDep) -> dict[str, Any]:
+    return {"items": [_document(service, a) for a in await service.store.list_avatars()]}
+
+
+@router.get("/{avatar_id}", summary="State, frames, fps, resolution, frames with a face")
+async def get_avatar(avatar_id: str, service: ServiceDep) -> dict[str, Any]:
+    avatar = await service.store.get_avatar(avatar_id)
+    if avatar is None:
+        raise NotFound(STAGE, f"no avatar with id '{avatar_id}'")
+    return _document(service, avatar)
+
+
+@router.delete(
+    "/{avatar_id}",
+    status_code=204,
+    summary="Remove the avatar and its files (409 while a job uses it)",
+)
+async def delete_avatar(avatar_id: str, service: ServiceDep) -> Response:
+    await service.avatars.delete(avatar_id)
+    return Response(status_code=204)

@@ -1,0 +1,151 @@
+"""/v1/jobs: submit (multipart), inspect, list, download the result, cancel."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+
+from orchestrator.api.deps import Service, ServiceDep
+from orchestrator.api.intake import audio_check, submit_job, video_check
+from orchestrator.api.uploads import receive_form
+from orchestrator.errors import BadInput, Conflict, NotFound
+from orchestrator.jobs.store import ACTIVE_STATES, JOB_STATES, SUCCEEDED, JobRecord
+from orchestrator.jobs.views import job_document
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+STAGE = "jobs"
+PAGE_DEFAULT, PAGE_MAX = 50, 500
+
+
+async def _job(service: Service, job_id: str) -> JobRecord:
+    job = await service.store.get_job(job_id)
+    if job is None:
+        raise NotFound(STAGE, f"no job with id '{job_id}'")
+    return job
+
+
+def _document(service: Service, job: JobRecord) -> dict[str, Any]:
+    return job_document(job, service.scheduler.live_progress(job.id))
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Submit a job: an audio file plus an avatar_id, or an audio file plus a video",
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["audio"],
+                        "properties": {
+                            "audio": {"type": "string", "format": "binary"},
+                            "video": {"type": "string", "format": "binary"},
+                            "avatar_id": {"type": "string"},
+                            "webhook_url": {"type": "string"},
+                        },
+                    }
+                }
+            },
+            "required": True,
+        }
+    },
+)
+async def submit(request: Request, service: ServiceDep) -> JSONResponse:
+    form = await receive_form(
+        request,
+        storage=service.storage,
+        pool=service.io_pool,
+        max_bytes=service.settings.max_upload_bytes,
+        checks={"audio": audio_check(service), "video": video_check(service)},
+    )
+    try:
+        audio = form.files.get("audio")
+        if audio is None:
+            raise BadInput("request", "the form needs an 'audio' file")
+        video = form.files.get("video")
+        job = await submit_job(
+            service,
+            audio=audio.path,
+            video=video.path if video else None,
+            video_content_id=video.content_id if video else None,
+            avatar_id=form.fields.get("avatar_id") or None,
+            webhook_url=form.fields.get("webhook_url") or None,
+        )
+    except BaseException:
+        for received in form.files.values():
+            await service.storage.discard(received.path)
+        raise
+    return JSONResponse(
+        _document(service, job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"}
+    )
+
+
+@router.get("", summary="List jobs, newest first, with a state filter and cursor paging")
+async def list_jobs(
+    service: ServiceDep,
+    state: Annotated[str | None, Query(description="queued, running, succeeded, ...")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
+) -> dict[str, Any]:
+    if state is not None and state not in JOB_STATES:
+        raise BadInput("request", f"state must be one of {', '.join(JOB_STATES)}")
+    before = _decode_cursor(cursor) if cursor else None
+    jobs = await service.store.list_jobs(state, before, limit + 1)
+    page, more = jobs[:limit], len(jobs) > limit
+    return {
+        "items": [_document(service, job) for job in page],
+        "next_cursor": _encode_cursor(page[-1].seq) if more and page else None,
+    }
+
+
+@router.get("/{job_id}", summary="State, progress, time per stage, and the error if it failed")
+async def get_job(job_id: str, service: ServiceDep) -> dict[str, Any]:
+    return _document(service, await _job(service, job_id))
+
+
+@router.get(
+    "/{job_id}/result",
+    summary="The rendered MP4 (supports Range requests)",
+    response_class=FileResponse,
+)
+async def get_result(job_id: str, service: ServiceDep) -> FileResponse:
+    job = await _job(service, job_id)
+    if job.state != SUCCEEDED:
+        raise Conflict(STAGE, f"job '{job_id}' is {job.state}; a result exists once it succeeded")
+    path = service.storage.result_path(job_id)
+    if not path.is_file():
+        raise NotFound(STAGE, f"the result of job '{job_id}' is no longer on this server")
+    # FileResponse answers Range requests with 206 and Content-Range (Starlette >= 0.39).
+    return FileResponse(path, media_type="video/mp4", filename=f"{job_id}.mp4")
+
+
+@router.delete(
+    "/{job_id}",
+    summary="Cancel a queued or running job; a finished job is deleted with its result",
+    responses={200: {"description": "cancelled"}, 204: {"description": "deleted"}},
+)
+async def delete_job(job_id: str, service: ServiceDep) -> Response:
+    job = await _job(service, job_id)
+    if job.state in ACTIVE_STATES:
+        cancelled = await service.scheduler.cancel(job_id)
+        return JSONResponse(_document(service, cancelled))
+    await service.store.delete_job(job_id)
+    await service.storage.remove_job(job_id)
+    return Response(status_code=204)
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(str(seq).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return int(base64.urlsafe_b64decode(padded.encode()).decode())
+    except (ValueError, UnicodeDecodeError):
+        raise BadInput("request", "cursor is not one this server handed out") from None

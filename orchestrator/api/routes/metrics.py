@@ -1,0 +1,25 @@
+"""/metrics: the orchestrator's Prometheus metrics (Triton's own are on its :8002)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from orchestrator.api.deps import ServiceDep
+from orchestrator.jobs.store import AVATAR_STATES
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(service: ServiceDep) -> Response:
+    jobs = await service.store.count_jobs()
+    avatars = Counter(a.state for a in await service.store.list_avatars())
+    service.metrics.set_counts(
+        jobs,
+        {state: avatars.get(state, 0) for state in AVATAR_STATES},
+        service.scheduler.running_count(),
+    )
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,364 @@
+"""The scheduler: admission, at most N jobs at once, deadlines, cancellation, recovery.
+
+The store is the queue: a job is a row in state "queued" until the dispatcher starts it,
+oldest first, whenever a slot is free. The dispatcher wakes on events (a submission, a
+job ending), never on a timer. Each running job is one asyncio task around
+`Engine.generate` under a deadline; cancelling the task cancels the pipeline's task group.
+
+Restart recovery: a job found "running" at start-up was cut off by a crash or a kill. It
+is queued again, and its attempt counter (starts so far) decides: past `max_attempts` it
+fails with the reason "interrupted". A graceful shutdown puts running jobs back in the
+queue without counting the attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.errors import Backlogged, BadInput, Conflict, NotFound, PipelineError
+from orchestrator.jobs.avatars import Avatars
+from orchestrator.jobs.limits import job_deadline_s
+from orchestrator.jobs.store import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL_STATES,
+    JobRecord,
+    JobStore,
+)
+from orchestrator.jobs.webhook import WebhookSender
+from orchestrator.logs import current_job
+from orchestrator.metrics import ServiceMetrics
+from orchestrator.pipeline.runner import Engine, Progress
+from orchestrator.settings import Settings
+from orchestrator.storage import Storage
+
+log = logging.getLogger(__name__)
+STAGE = "scheduler"
+# How long DELETE waits for a running job to wind down; the pipeline stops well within it.
+CANCEL_WAIT_S = 5.0
+# Retry-After when no job has finished yet to estimate from.
+DEFAULT_RETRY_AFTER_S = 5
+MAX_RETRY_AFTER_S = 600
+RECENT_JOBS = 20  # jobs whose durations estimate the wait
+
+
+@dataclass
+class _Running:
+    task: asyncio.Task[None]
+    progress: Progress | None = None
+    stopping_for: str | None = None  # "cancel" or "shutdown" once asked to stop
+    finishing: bool = False  # the outcome is being recorded; too late to cancel
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """Staged inputs of a new job; the scheduler moves them into the job's directory."""
+
+    audio: Path
+    audio_seconds: float
+    avatar_id: str
+    video: Path  # the registered avatar's source, or a staged one-off video
+    registered_avatar: bool
+    client_code: str | None = None
+    webhook_url: str | None = None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        store: JobStore,
+        storage: Storage,
+        avatars: Avatars,
+        metrics: ServiceMetrics,
+        webhooks: WebhookSender,
+        admission: asyncio.Lock,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.store = store
+        self.storage = storage
+        self.avatars = avatars
+        self.metrics = metrics
+        self.webhooks = webhooks
+        # Held for check-then-insert of a job; Avatars holds it to check-then-delete.
+        self.admission = admission
+        self._running: dict[str, _Running] = {}
+        self._cancelling: set[str] = set()
+        self._wake = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._recent_seconds: deque[float] = deque(maxlen=RECENT_JOBS)
+
+    # life cycle
+
+    async def start(self) -> None:
+        await self._recover()
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="dispatcher")
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        running = list(self._running.values())
+        for entry in running:
+            entry.stopping_for = "shutdown"
+            entry.task.cancel()
+        await asyncio.gather(*(entry.task for entry in running), return_exceptions=True)
+
+    async def _recover(self) -> None:
+        for job in await self.store.jobs_in((RUNNING,)):
+            if job.attempts >= self.settings.max_attempts:
+                log.warning("job %s interrupted %d times; failing it", job.id, job.attempts)
+                job.state, job.finished_at = FAILED, time.time()
+                job.error = {
+                    "stage": job.stage or STAGE,
+                    "message": f"interrupted: the server stopped while the job ran, "
+                    f"{job.attempts} times (DH_MAX_ATTEMPTS={self.settings.max_attempts})",
+                }
+                await self.store.save_job(job)
+                await self.storage.remove_job(job.id)
+                self.webhooks.send(job)
+            else:
+                log.info("job %s was running at shutdown; queued again", job.id)
+                job.state = QUEUED
+                await self.store.save_job(job)
+        for state in TERMINAL_STATES:
+            for job in await self.store.jobs_in((state,)):
+                if job.webhook_url and job.webhook is None:
+                    self.webhooks.send(job)
+
+    # admission
+
+    async def submit(self, inputs: JobInputs) -> JobRecord:
+        """Queues a job; Backlogged when the backlog is full (the caller discards inputs)."""
+        async with self.admission:
+            if inputs.registered_avatar and await self.store.get_avatar(inputs.avatar_id) is None:
+                raise BadInput("request", f"no avatar with id '{inputs.avatar_id}'")
+            counts = await self.store.count_jobs()
+            free_slots = max(0, self.settings.max_running_jobs - len(self._running))
+            if counts[QUEUED] >= self.settings.max_backlog + free_slots:
+                retry = self.retry_after_s(counts[QUEUED])
+                raise Backlogged(
+                    "admission",
+                    f"the backlog is full ({counts[QUEUED]} jobs queued, "
+                    f"{len(self._running)} running); try again in about {retry} s",
+                    retry,
+                )
+            job_id = uuid.uuid4().hex
+            job_dir = self.storage.job_dir(job_id)
+            audio = await self.storage.adopt(inputs.audio, job_dir / f"audio{inputs.audio.suffix}")
+            video = inputs.video
+            if not inputs.registered_avatar:
+                video = await self.storage.adopt(video, job_dir / f"video{video.suffix}")
+            job = JobRecord(
+                id=job_id,
+                created_at=time.time(),
+                audio_path=str(audio),
+                video_path=str(video),
+                avatar_id=inputs.avatar_id,
+                audio_seconds=inputs.audio_seconds,
+                deadline_s=job_deadline_s(inputs.audio_seconds, self.settings),
+                registered_avatar=inputs.registered_avatar,
+                client_code=inputs.client_code,
+                webhook_url=inputs.webhook_url,
+            )
+            try:
+                await self.store.add_job(job)
+            except BaseException:
+                await self.storage.remove_job(job_id)
+                raise
+        self._wake.set()
+        return job
+
+    def retry_after_s(self, queued: int) -> int:
+        if not self._recent_seconds:
+            return DEFAULT_RETRY_AFTER_S
+        mean = sum(self._recent_seconds) / len(self._recent_seconds)
+        wait = mean * (queued + 1) / self.settings.max_running_jobs
+        return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(wait))))
+
+    # queries
+
+    def live_progress(self, job_id: str) -> Progress | None:
+        entry = self._running.get(job_id)
+        return entry.progress if entry else None
+
+    def running_count(self) -> int:
+        return len(self._running)
+
+    # cancellation
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise NotFound("jobs", f"no job with id '{job_id}'")
+        entry = self._running.get(job_id)
+        if entry is not None:
+            if not entry.finishing:
+                entry.stopping_for = "cancel"
+                entry.task.cancel()
+            await asyncio.wait({entry.task}, timeout=CANCEL_WAIT_S)
+        elif job.state == QUEUED:
+            # Not started and, being marked here before any await, never will be.
+            self._cancelling.add(job_id)
+            try:
+                job.state, job.finished_at = CANCELLED, time.time()
+                job.error = {"stage": "queued", "message": "cancelled by the client"}
+                await self.store.save_job(job)
+                await self.storage.remove_job(job_id)
+                await self._forget_one_off_avatar(job)
+            finally:
+                self._cancelling.discard(job_id)
+            self.metrics.job_finished(CANCELLED, 0.0, {}, 0)
+            self.webhooks.send(job)
+        else:
+            raise Conflict("jobs", f"job '{job_id}' has already {job.state}; nothing to cancel")
+        latest = await self.store.get_job(job_id)
+        assert latest is not None
+        return latest
+
+    # running
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if len(self._running) >= self.settings.max_running_jobs:
+                continue
+            for job in await self.store.jobs_in((QUEUED,)):
+                if len(self._running) >= self.settings.max_running_jobs:
+                    break
+                if job.id in self._running or job.id in self._cancelling:
+                    continue
+                task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+                self._running[job.id] = _Running(task)
+
+    async def _run(self, job: JobRecord) -> None:
+        current_job.set(job.id)
+        entry = self._running[job.id]
+        try:
+            await self._render(job, entry)
+            entry.finishing = True
+            # Recording the outcome must not be cut in half by a late cancel.
+            await asyncio.shield(self._finish(job, entry))
+        finally:
+            self._running.pop(job.id, None)
+            self._wake.set()
+
+    async def _render(self, job: JobRecord, entry: _Running) -> None:
+        """Runs the pipeline; leaves the outcome on `job`. Re-raises only a shutdown."""
+
+        def on_progress(progress: Progress) -> None:
+            entry.progress = progress
+
+        try:
+            job.state, job.started_at, job.finished_at = RUNNING, time.time(), None
+            job.attempts += 1
+            job.stage, job.error, job.result = "decode", None, None
+            await self.store.save_job(job)
+            log.info("job %s started (attempt %d)", job.id, job.attempts)
+            async with asyncio.timeout(job.deadline_s):
+                await self.avatars.wait_prepared(job.avatar_id)
+                result = await self.engine.generate(
+                    Path(job.video_path),
+                    Path(job.audio_path),
+                    self.storage.result_path(job.id),
+                    on_progress,
+                )
+            job.state = SUCCEEDED
+            job.stage_seconds = dict(result.stage_seconds)
+            job.frames_done = job.frames_total = result.frames
+            job.frames_per_second = result.frames / max(result.wall_seconds, 1e-6)
+            job.result = {
+                "frames": result.frames,
+                "fps": float(result.fps),
+                "width": result.avatar.width,
+                "height": result.avatar.height,
+                "audio_seconds": round(result.audio_seconds, 3),
+                "frames_without_face": result.frames_without_face,
+                "wall_seconds": round(result.wall_seconds, 3),
+                "bytes": result.output.stat().st_size,
+            }
+        except TimeoutError:
+            job.state = FAILED
+            job.error = {
+                "stage": self._stage(entry, job),
+                "message": f"the job ran past its deadline of {job.deadline_s:g} s "
+                f"({self.settings.job_deadline_base_s:g} s + "
+                f"{self.settings.job_deadline_per_audio_s:g} s per second of its "
+                f"{job.audio_seconds:.1f} s of audio) and was stopped",
+            }
+        except asyncio.CancelledError:
+            if entry.stopping_for != "cancel":
+                await self._requeue_after_shutdown(job)
+                raise
+            job.state = CANCELLED
+            job.error = {"stage": self._stage(entry, job), "message": "cancelled by the client"}
+        except PipelineError as exc:
+            job.state, job.error = FAILED, exc.as_record()
+        except Exception as exc:  # an untyped fault still ends the job with a reason
+            log.exception("job %s failed unexpectedly", job.id)
+            job.state = FAILED
+            job.error = {
+                "stage": self._stage(entry, job),
+                "message": f"{type(exc).__name__}: {exc}",
+            }
+
+    async def _finish(self, job: JobRecord, entry: _Running) -> None:
+        job.finished_at = time.time()
+        if job.state == SUCCEEDED:
+            job.stage = "done"
+        else:
+            job.stage = self._stage(entry, job)
+            if entry.progress is not None:
+                job.frames_done = entry.progress.frames_done
+                job.frames_total = entry.progress.frames_total
+        await self.store.save_job(job)
+        # Inputs go once the job has ended; only a result is kept.
+        if job.state == SUCCEEDED:
+            await self.storage.remove_job_inputs(job.id)
+        else:
+            await self.storage.remove_job(job.id)
+        await self._forget_one_off_avatar(job)
+        seconds = time.monotonic() - entry.started
+        if job.state == SUCCEEDED:
+            self._recent_seconds.append(seconds)
+        self.metrics.job_finished(job.state, seconds, job.stage_seconds, job.frames_done)
+        log.info("job %s %s after %.2f s", job.id, job.state, seconds)
+        self.webhooks.send(job)
+
+    async def _requeue_after_shutdown(self, job: JobRecord) -> None:
+        job.state, job.started_at = QUEUED, None
+        job.attempts -= 1  # a graceful stop is not the job's fault
+        await asyncio.shield(self.store.save_job(job))
+
+    async def _forget_one_off_avatar(self, job: JobRecord) -> None:
+        """A one-off video's avatar cache goes with its job unless someone else needs it."""
+        if job.registered_avatar:
+            return
+        # Under the admission lock: no job with the same video can be queued meanwhile.
+        async with self.admission:
+            if await self.store.get_avatar(job.avatar_id) is not None:
+                return
+            if await self.store.avatar_in_use(job.avatar_id):
+                return
+            await self.storage.remove_avatar_cache(job.avatar_id)
+
+    @staticmethod
+    def _stage(entry: _Running, job: JobRecord) -> str:
+        if entry.progress is not None:
+            return entry.progress.stage
+        return job.stage or STAGE

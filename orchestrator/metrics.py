@@ -1,0 +1,148 @@
+"""Prometheus metrics of the orchestrator, in a registry owned by the app (no globals).
+
+Jobs by state and the backlog are read from the store at scrape time, so they are right
+after a restart too; durations, frames and Triton latency are observed as they happen.
+GPU gauges come from NVML when a GPU is present and are simply absent otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import pynvml
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+# Job durations from a second (a short clip on a GPU) to an hour (a long one on a CPU).
+JOB_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
+STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1200)
+# One Triton request: milliseconds on a GPU, up to seconds on the CPU test server.
+TRITON_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.jobs = Gauge("dh_jobs", "Jobs in the store by state", ["state"], registry=r)
+        self.avatars = Gauge("dh_avatars", "Avatars in the store by state", ["state"], registry=r)
+        self.backlog = Gauge("dh_backlog_jobs", "Jobs queued and not yet running", registry=r)
+        self.running = Gauge("dh_running_jobs", "Jobs rendering now", registry=r)
+        self.jobs_finished = Counter(
+            "dh_jobs_finished", "Jobs that ended, by final state", ["state"], registry=r
+        )
+        self.job_seconds = Histogram(
+            "dh_job_duration_seconds",
+            "Wall time of a job from start to end, by final state",
+            ["state"],
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "dh_stage_duration_seconds",
+            "Busy time of each pipeline stage per job",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.frames = Counter("dh_frames_processed", "Output frames rendered", registry=r)
+        self.triton_in_flight = Gauge(
+            "dh_triton_requests_in_flight", "Triton requests outstanding", ["model"], registry=r
+        )
+        self.triton_seconds = Histogram(
+            "dh_triton_request_duration_seconds",
+            "Latency of one Triton inference request, by model and outcome",
+            ["model", "outcome"],
+            buckets=TRITON_BUCKETS,
+            registry=r,
+        )
+        self.gpu = NvmlCollector.create()
+        if self.gpu is not None:
+            r.register(self.gpu)
+
+    # The hook TritonClient calls around every inference (orchestrator.triton.InferObserver).
+    def infer_started(self, model: str) -> None:
+        self.triton_in_flight.labels(model).inc()
+
+    def infer_finished(self, model: str, seconds: float, ok: bool) -> None:
+        self.triton_in_flight.labels(model).dec()
+        self.triton_seconds.labels(model, "ok" if ok else "error").observe(seconds)
+
+    def job_finished(
+        self, state: str, seconds: float, stage_seconds: dict[str, float], frames: int
+    ) -> None:
+        self.jobs_finished.labels(state).inc()
+        self.job_seconds.labels(state).observe(seconds)
+        for stage, busy in stage_seconds.items():
+            self.stage_seconds.labels(stage).observe(busy)
+        self.frames.inc(frames)
+
+    def set_counts(self, jobs: dict[str, int], avatars: dict[str, int], running: int) -> None:
+        for state, count in jobs.items():
+            self.jobs.labels(state).set(count)
+        for state, count in avatars.items():
+            self.avatars.labels(state).set(count)
+        self.backlog.set(jobs.get("queued", 0))
+        self.running.set(running)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def close(self) -> None:
+        if self.gpu is not None:
+            self.gpu.close()
+
+
+class NvmlCollector(Collector):
+    """GPU utilisation and memory per device, read from NVML at scrape time."""
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+
+    @classmethod
+    def create(cls) -> NvmlCollector | None:
+        try:
+            pynvml.nvmlInit()
+            count = pynvml.nvmlDeviceGetCount()
+        except pynvml.NVMLError as exc:  # no driver or no library: no GPU gauges, by design
+            log.info("NVML unavailable, no GPU metrics: %s", exc)
+            return None
+        if count == 0:
+            pynvml.nvmlShutdown()
+            return None
+        return cls(count)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        utilisation = GaugeMetricFamily(
+            "dh_gpu_utilization_ratio", "GPU busy fraction (NVML)", labels=["gpu"]
+        )
+        used = GaugeMetricFamily("dh_gpu_memory_used_bytes", "GPU memory used", labels=["gpu"])
+        total = GaugeMetricFamily("dh_gpu_memory_total_bytes", "GPU memory", labels=["gpu"])
+        started = time.monotonic()
+        for index in range(self._count):
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                rates = pynvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            except pynvml.NVMLError as exc:  # a GPU off the bus must not break /metrics
+                log.warning("NVML read of GPU %d failed: %s", index, exc)
+                continue
+            utilisation.add_metric([str(index)], rates.gpu / 100.0)
+            used.add_metric([str(index)], float(memory.used))
+            total.add_metric([str(index)], float(memory.total))
+        log.debug("NVML scrape took %.3f s", time.monotonic() - started)
+        yield from (utilisation, used, total)
+
+    def gpu_count(self) -> int:
+        return self._count
+
+    def close(self) -> None:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError as exc:
+            log.debug("NVML shutdown: %s", exc)

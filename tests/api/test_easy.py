@@ -1,0 +1,108 @@
+"""The HeyGem-compatible routes: /easy/submit with paths or URLs, /easy/query by code."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tests.api.receivers import file_server
+from tests.api.server import poll_until
+
+SUCCESS, BUSY, BAD_PARAM, NOT_FOUND = 10000, 10001, 10002, 10004
+DONE, FAILED = 2, 3
+
+
+def _submit(client: httpx.Client, audio_url: str, video_url: str, code: str) -> httpx.Response:
+    return client.post(
+        "/easy/submit",
+        json={
+            "audio_url": audio_url,
+            "video_url": video_url,
+            "code": code,
+            "chaofen": 0,
+            "watermark_switch": 0,
+            "pn": 1,
+        },
+    )
+
+
+def _query_until_done(client: httpx.Client, code: str) -> dict:
+    return poll_until(
+        lambda: client.get("/easy/query", params={"code": code}).json(),
+        lambda reply: reply["data"].get("status") in (DONE, FAILED),
+        60.0,
+        f"task {code} done",
+    )
+
+
+def test_submit_with_server_side_paths_and_query_until_done(
+    client: httpx.Client, speech: Path, avatar_video: Path
+) -> None:
+    code = str(uuid.uuid4())
+
+    reply = _submit(client, speech.name, avatar_video.name, code)
+
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["code"] == SUCCESS and reply.json()["success"] is True
+    done = _query_until_done(client, code)
+    assert done["code"] == SUCCESS
+    data = done["data"]
+    assert data["status"] == DONE and data["progress"] == 100
+    assert data["video_duration"] == 1000
+    assert (data["width"], data["height"]) == (160, 160)
+    video = client.get(data["result"])
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+
+
+def test_submit_with_urls_of_an_allowed_host(
+    client: httpx.Client, api_media: Path, speech: Path, avatar_video: Path
+) -> None:
+    code = str(uuid.uuid4())
+    with file_server(api_media) as base:
+        reply = _submit(client, f"{base}/{speech.name}", f"{base}/{avatar_video.name}", code)
+    assert reply.status_code == 200, reply.text
+    assert _query_until_done(client, code)["data"]["status"] == DONE
+
+
+def test_inputs_outside_what_is_allowed_are_refused_with_a_reason(
+    client: httpx.Client, api_media: Path, speech: Path, avatar_video: Path
+) -> None:
+    with file_server(api_media) as base:
+        other_host = base.replace("127.0.0.1", "localhost")
+        refusals = {
+            "host": _submit(client, f"{other_host}/{speech.name}", avatar_video.name, "a"),
+            "scheme": _submit(client, f"ftp://127.0.0.1/{speech.name}", avatar_video.name, "b"),
+            "outside the allowed": _submit(client, "../../etc/passwd", avatar_video.name, "c"),
+            "no such file": _submit(client, "missing.wav", avatar_video.name, "d"),
+            "HTTP 404": _submit(client, f"{base}/missing.wav", avatar_video.name, "e"),
+        }
+    for reason, reply in refusals.items():
+        assert reply.status_code == 422, (reason, reply.text)
+        body = reply.json()
+        assert body["code"] == BAD_PARAM and body["success"] is False
+        assert reason in body["msg"], (reason, body)
+        assert client.get("/easy/query", params={"code": body["msg"][:1]}).status_code == 404
+
+
+def test_a_code_is_used_once_and_unknown_codes_are_not_found(
+    client: httpx.Client, tiny_speech: Path, avatar_id: str
+) -> None:
+    code = str(uuid.uuid4())
+    assert _submit(client, tiny_speech.name, avatar_id, code).json()["code"] == SUCCESS
+
+    again = _submit(client, tiny_speech.name, avatar_id, code)
+    unknown = client.get("/easy/query", params={"code": "never-submitted"})
+
+    assert again.status_code == 409 and again.json()["code"] == BAD_PARAM
+    assert unknown.status_code == 404 and unknown.json()["code"] == NOT_FOUND
+    assert _query_until_done(client, code)["data"]["status"] == DONE
+
+
+def test_a_body_that_is_not_json_is_a_bad_parameter(client: httpx.Client) -> None:
+    reply = client.post(
+        "/easy/submit", content=b"audio_url=x", headers={"content-type": "text/plain"}
+    )
+    assert reply.status_code == 422
+    assert reply.json()["code"] == BAD_PARAM and "JSON" in reply.json()["msg"]
