@@ -73,14 +73,15 @@ class ServiceMetrics:
         self.triton_in_flight.labels(model).dec()
         self.triton_seconds.labels(model, "ok" if ok else "error").observe(seconds)
 
-    def job_finished(
-        self, state: str, seconds: float, stage_seconds: dict[str, float], frames: int
-    ) -> None:
+    def job_finished(self, state: str, seconds: float, stage_seconds: dict[str, float]) -> None:
         self.jobs_finished.labels(state).inc()
         self.job_seconds.labels(state).observe(seconds)
         for stage, busy in stage_seconds.items():
             self.stage_seconds.labels(stage).observe(busy)
-        self.frames.inc(frames)
+
+    def frames_rendered(self, count: int) -> None:
+        """Counted as frames are encoded, so a frames-per-second graph is live, not lumpy."""
+        self.frames.inc(count)
 
     def set_counts(self, jobs: dict[str, int], avatars: dict[str, int], running: int) -> None:
         for state, count in jobs.items():

@@ -222,7 +222,7 @@ class Scheduler:
                 await self._forget_one_off_avatar(job)
             finally:
                 self._cancelling.discard(job_id)
-            self.metrics.job_finished(CANCELLED, 0.0, {}, 0)
+            self.metrics.job_finished(CANCELLED, 0.0, {})
             self.webhooks.send(job)
         else:
             raise Conflict("jobs", f"job '{job_id}' has already {job.state}; nothing to cancel")
@@ -261,8 +261,14 @@ class Scheduler:
     async def _render(self, job: JobRecord, entry: _Running) -> None:
         """Runs the pipeline; leaves the outcome on `job`. Re-raises only a shutdown."""
 
+        counted = 0
+
         def on_progress(progress: Progress) -> None:
+            nonlocal counted
             entry.progress = progress
+            if progress.frames_done > counted:
+                self.metrics.frames_rendered(progress.frames_done - counted)
+                counted = progress.frames_done
 
         try:
             job.state, job.started_at, job.finished_at = RUNNING, time.time(), None
@@ -336,7 +342,7 @@ class Scheduler:
         seconds = time.monotonic() - entry.started
         if job.state == SUCCEEDED:
             self._recent_seconds.append(seconds)
-        self.metrics.job_finished(job.state, seconds, job.stage_seconds, job.frames_done)
+        self.metrics.job_finished(job.state, seconds, job.stage_seconds)
         log.info("job %s %s after %.2f s", job.id, job.state, seconds)
         self.webhooks.send(job)
 
