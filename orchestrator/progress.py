@@ -27,6 +27,8 @@ class ProgressBar:
         self._drawn = now
         if progress.frames_total == 0:
             line = f"{progress.stage}: preparing…"
+            if progress.avatar_frames:
+                line += f" {progress.avatar_frames} avatar frames decoded, faces being detected"
         else:
             done = progress.frames_done / progress.frames_total
             filled = round(done * BAR_WIDTH)
@@ -38,7 +40,7 @@ class ProgressBar:
             )
         if self._live:
             self.stream.write("\r" + line.ljust(79))
-        elif last or progress.frames_total == 0:
+        elif last or (progress.frames_total == 0 and not progress.avatar_frames):
             self.stream.write(line + "\n")
         self.stream.flush()
 

@@ -42,6 +42,7 @@ class Progress:
     """What a job has done so far; handed to the progress callback after every frame."""
 
     stage: str = "decode"
+    avatar_frames: int = 0  # avatar frames decoded so far while it is being prepared
     frames_done: int = 0
     frames_total: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -177,10 +178,20 @@ class Engine:
             progress.stage = "avatar"
             report(progress)
             t0 = time.perf_counter()
+
+            def on_avatar_frame(count: int) -> None:
+                progress.avatar_frames = count
+                report(progress)
+
             avatar = await guarded(
                 "avatar",
                 avatar_stage.prepare_avatar(
-                    avatar_video, self.avatars_dir, self.client, self.settings, pool
+                    avatar_video,
+                    self.avatars_dir,
+                    self.client,
+                    self.settings,
+                    pool,
+                    on_avatar_frame,
                 ),
             )
             clock.add("avatar", time.perf_counter() - t0)
