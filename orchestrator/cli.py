@@ -74,6 +74,11 @@ async def prepare(settings: Settings, video: Path) -> None:
     print(json.dumps({**avatar.summary(), "directory": str(avatar.directory)}, indent=2))
 
 
+async def _preflight(settings: Settings) -> None:
+    async with Engine(settings):
+        pass
+
+
 def serve(settings: Settings) -> None:
     """The REST service under uvicorn; SIGINT/SIGTERM stop it gracefully."""
     import uvicorn
@@ -82,6 +87,9 @@ def serve(settings: Settings) -> None:
     from orchestrator.logs import configure_logging
 
     configure_logging(settings.log_json)
+    # Triton, the models' contracts and the GPU guard are checked before uvicorn starts:
+    # a misconfigured host then fails with one line, not a lifespan traceback.
+    asyncio.run(_preflight(settings))
     # log_config=None: uvicorn's loggers go through the handler configured above.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
 

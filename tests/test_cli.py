@@ -103,3 +103,14 @@ def test_avatar_prepare_prints_the_face_summary(
     assert summary["frames"] == 10
     assert summary["frames_with_face"] == 10
     assert Path(summary["directory"]).is_dir()
+
+
+def test_serve_on_a_host_without_the_required_gpu_fails_with_one_line(
+    dh_env: dict[str, str],
+) -> None:
+    env = {**dh_env, "DH_REQUIRE_GPU": "true", "DH_PORT": str(free_port())}
+    done = _dh(["serve"], env)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("dh: startup: ")
+    assert "Traceback" not in done.stderr
