@@ -26,7 +26,7 @@ def main() -> int:
     parser.add_argument("--short-seconds", type=float, default=30.0)
     parser.add_argument("--long-seconds", type=float, default=600.0)
     parser.add_argument("--avatar-seconds", type=float, default=4.0)
-    parser.add_argument("--repeats", type=int, default=2, help="runs per length; peaks compared")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per length; peaks compared")
     parser.add_argument("--triton-url", help="use this Triton instead of starting one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dh-bench-") as scratch:
