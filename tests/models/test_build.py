@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import onnx
 import pytest
 
 from modelkit.build import Artifact, build, lipsync_artifact
@@ -57,3 +58,19 @@ def test_checkpoint_source_without_a_path_says_what_is_needed(tmp_path: Path) ->
 def test_missing_config_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ModelBuildError, match=r"lipsync/config\.pbtxt: missing"):
         lipsync_artifact(tmp_path, "reference")
+
+
+# Triton 24.10 (the NGC image docker-compose.yml pins) bundles ONNX Runtime 1.19, which
+# reads models up to IR version 10 and opset 21; the local onnxruntime is newer and would
+# not notice a model that production cannot load.
+MAX_IR_VERSION = 10
+MAX_OPSET = 21
+
+
+def test_built_models_load_in_the_production_onnx_runtime(built_models: Path) -> None:
+    for model in ("lipsync", "face_detector"):
+        proto = onnx.load(str(built_models / model / "1" / "model.onnx"), load_external_data=False)
+        assert proto.ir_version <= MAX_IR_VERSION, model
+        assert all(
+            o.version <= MAX_OPSET for o in proto.opset_import if o.domain in ("", "ai.onnx")
+        )
