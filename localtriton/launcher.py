@@ -13,6 +13,7 @@ from pathlib import Path
 from localtriton.environment import ensure_environment
 from localtriton.render import render_cpu_repository
 from localtriton.server import Endpoints, LocalTritonError, TritonProcess
+from modelkit.repository import model_dirs, read_config
 
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"
@@ -75,6 +76,18 @@ def _exclusive(workdir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def default_ort_threads(rendered: Path) -> int:
+    """onnxruntime threads per model instance: the cores shared among the instances of the
+    busiest model. By default every instance uses every core: with two instances on two
+    cores a pipelined Wav2Lip-96 job ran at 24.6 frames/s, against 29.6 with one thread
+    each (benchmarks.throughput)."""
+    instances = max(
+        sum(group.count for group in read_config(model_dir).instance_group) or 1
+        for model_dir in model_dirs(rendered)
+    )
+    return max(1, (os.cpu_count() or 1) // instances)
+
+
 @contextmanager
 def local_triton(
     repository: Path,
@@ -96,9 +109,8 @@ def local_triton(
         install = ensure_environment(venv_dir, log=log)
         rendered = workdir / "model_repository"
         models = render_cpu_repository(repository, rendered, cpu_instances=cpu_instances)
-        process = TritonProcess(
-            install, rendered, workdir / "tritonserver.log", endpoints, ort_threads
-        )
+        threads = ort_threads or default_ort_threads(rendered)
+        process = TritonProcess(install, rendered, workdir / "tritonserver.log", endpoints, threads)
         state = workdir / STATE_FILE
         try:
             process.start()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from tritonclient.grpc import model_config_pb2
 
+from localtriton.launcher import default_ort_threads
 from localtriton.render import render_cpu_repository
 from modelkit.errors import ModelBuildError
 from modelkit.repository import read_config
@@ -45,3 +47,14 @@ def test_missing_onnx_file_says_how_to_build_it(tmp_path: Path) -> None:
 def test_repository_without_models_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelBuildError, match="no model directories"):
         render_cpu_repository(tmp_path, tmp_path / "cpu")
+
+
+def test_instances_share_the_cores_instead_of_each_taking_all(
+    built_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "cpu"
+    render_cpu_repository(built_models, target, cpu_instances=2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert default_ort_threads(target) == 4
+    render_cpu_repository(built_models, target, cpu_instances=16)
+    assert default_ort_threads(target) == 1
