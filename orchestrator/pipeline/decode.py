@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -184,9 +183,3 @@ class _GrowingBuffer:
 
     def array(self) -> np.ndarray:
         return self._data[: self._size]
-
-
-def output_fps(info: VideoInfo, requested: float | None) -> Fraction:
-    """The output rate: the requested one or the avatar's nominal rate, as an exact fraction
-    (29.97 becomes 30000/1001) so that the encoder's time base is exact."""
-    return Fraction(requested or info.fps).limit_denominator(1001)

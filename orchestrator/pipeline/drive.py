@@ -23,6 +23,12 @@ from orchestrator.pipeline.stages import END, DrivenFrame, StageClock
 STAGE = "drive"
 
 
+def output_fps(avatar_fps: float, requested: float | None) -> Fraction:
+    """The output rate: the requested one or the avatar's, as an exact fraction (29.97
+    becomes 30000/1001) so that frame times and the encoder's time base are exact."""
+    return Fraction(requested or avatar_fps).limit_denominator(1001)
+
+
 def output_frame_count(audio_samples: int, fps: Fraction) -> int:
     """ceil(audio_seconds * fps), computed exactly: 10 s at 25 fps is 250 frames, not 251."""
     return math.ceil(Fraction(audio_samples, SAMPLE_RATE) * fps)

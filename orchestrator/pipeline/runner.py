@@ -26,7 +26,7 @@ from orchestrator.pipeline import avatar as avatar_stage
 from orchestrator.pipeline.boxes import has_face
 from orchestrator.pipeline.composite import composite
 from orchestrator.pipeline.decode import decode_audio
-from orchestrator.pipeline.drive import drive, output_frame_count, pingpong
+from orchestrator.pipeline.drive import drive, output_fps, output_frame_count, pingpong
 from orchestrator.pipeline.encode import Mp4Writer, encode, pick_encoder
 from orchestrator.pipeline.infer import BatchTask, infer
 from orchestrator.pipeline.mel import SAMPLE_RATE, mel_spectrogram
@@ -197,7 +197,7 @@ class Engine:
             clock.add("avatar", time.perf_counter() - t0)
             progress.stage = "drive"
             mel = await guarded("drive", clock.run("drive", pool, mel_spectrogram, samples))
-            fps = Fraction(self.settings.output_fps or avatar.fps).limit_denominator(1001)
+            fps = output_fps(avatar.fps, self.settings.output_fps)
             total = output_frame_count(samples.size, fps)
             audio_seconds = samples.size / SAMPLE_RATE
             del samples  # the mel is all that is needed from here on

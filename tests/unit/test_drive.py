@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import pytest
 
-from orchestrator.pipeline.drive import output_frame_count, pingpong
+from orchestrator.pipeline.drive import output_fps, output_frame_count, pingpong
 
 
 @pytest.mark.parametrize(
@@ -32,3 +32,8 @@ def test_pingpong_of_a_single_frame_avatar_is_that_frame() -> None:
 
 def test_pingpong_cuts_when_audio_is_shorter() -> None:
     assert [pingpong(i, 100) for i in range(5)] == [0, 1, 2, 3, 4]
+
+
+def test_output_rate_is_the_avatars_unless_one_is_set() -> None:
+    assert output_fps(29.97002997, None) == Fraction(30000, 1001)
+    assert output_fps(25.0, 30.0) == 30
