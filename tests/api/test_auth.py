@@ -48,3 +48,11 @@ def test_probes_and_metrics_need_no_key(api: ApiServer) -> None:
         ready = anonymous.get("/readyz").json()
         assert ready["ready"] is True
         assert ready["models"]["lipsync"]["face_size"] == 96
+
+
+def test_openapi_docs_describe_every_route(api: ApiServer) -> None:
+    with api.client(api_key="") as anonymous:
+        assert anonymous.get("/docs").status_code == 200
+        paths = set(anonymous.get("/openapi.json").json()["paths"])
+    routes = {path.split("?")[0].replace("/x", "/{id}") for _, path in PROTECTED_ROUTES}
+    assert {p.replace("{job_id}", "{id}").replace("{avatar_id}", "{id}") for p in paths} >= routes
