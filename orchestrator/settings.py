@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,11 @@ class Settings(BaseSettings):
     lipsync_batches_in_flight: int = Field(
         4, ge=1, description="lipsync requests one job keeps in flight"
     )
+    avatar_frame_codec: Literal["jpeg", "raw"] = Field(
+        "jpeg",
+        description="how prepared avatars keep their frames (raw: exact, ~6 MB a 1080p frame)",
+    )
+    avatar_jpeg_quality: int = Field(95, ge=50, le=100, description="JPEG quality of stored frames")
     detector_batch_size: int = Field(8, ge=1, description="frames per face_detector request")
     detect_every: int = Field(5, ge=1, description="run detection on every k-th avatar frame")
     detect_max_side: int = Field(

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -28,18 +27,18 @@ from orchestrator.detection import select_faces
 from orchestrator.errors import BadInput
 from orchestrator.pipeline import boxes as face_boxes
 from orchestrator.pipeline.decode import VideoInfo, probe_video, read_video_frames
+from orchestrator.pipeline.frame_store import FrameCodec, FrameStore, FrameWriter
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient
 
 STAGE = "avatar"
 # S3FD's preprocessing: BGR minus these per-channel means (the network's training data).
 S3FD_MEAN_BGR = np.array([104.0, 117.0, 123.0], np.float32)
-FRAMES_FILE = "frames.bgr"
 BOXES_FILE = "boxes.npy"
 META_FILE = "meta.json"
 HASH_CHUNK = 1 << 20
 # Bump when the store's layout or the box maths change, so old caches are not reused.
-STORE_VERSION = 1
+STORE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -54,17 +53,14 @@ class Avatar:
     frame_count: int
     boxes: np.ndarray  # [frame_count, 4] int32, -1 rows where no face was found
     detected_frames: int  # frames the detector looked at
+    frame_codec: FrameCodec
 
     @property
     def frames_with_face(self) -> int:
         return int(face_boxes.has_face(self.boxes).sum())
 
-    @property
-    def frame_bytes(self) -> int:
-        return self.width * self.height * 3
-
     def open_frames(self) -> FrameStore:
-        return FrameStore(self)
+        return FrameStore(self.directory, self.frame_codec, self.width, self.height)
 
     def summary(self) -> dict[str, object]:
         return {
@@ -76,30 +72,6 @@ class Avatar:
             "frames_with_face": self.frames_with_face,
             "detected_frames": self.detected_frames,
         }
-
-
-class FrameStore:
-    """Random access to an avatar's frames with pread: nothing is mapped or kept in memory."""
-
-    def __init__(self, avatar: Avatar) -> None:
-        self._avatar = avatar
-        self._fd = os.open(avatar.directory / FRAMES_FILE, os.O_RDONLY)
-
-    def read(self, index: int) -> np.ndarray:
-        a = self._avatar
-        data = os.pread(self._fd, a.frame_bytes, index * a.frame_bytes)
-        if len(data) != a.frame_bytes:
-            raise BadInput(STAGE, f"avatar {a.avatar_id}: frame store is truncated at {index}")
-        return np.frombuffer(data, np.uint8).reshape(a.height, a.width, 3)
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-    def __enter__(self) -> FrameStore:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
 
 def content_id(path: Path) -> str:
@@ -128,6 +100,7 @@ def load_avatar(directory: Path) -> Avatar | None:
         frame_count=meta["frame_count"],
         boxes=np.load(directory / BOXES_FILE),
         detected_frames=meta["detected_frames"],
+        frame_codec=meta["frame_codec"],
     )
 
 
@@ -181,6 +154,7 @@ async def prepare_avatar(
             "fps": info.fps,
             "frame_count": frame_count,
             "detected_frames": len(keyframes),
+            "frame_codec": settings.avatar_frame_codec,
         }
         (scratch / META_FILE).write_text(json.dumps(meta, indent=2))
         try:
@@ -243,9 +217,10 @@ async def _decode_and_detect(
                 task.add_done_callback(in_flight.discard)
                 pending = []
 
-            with (scratch / FRAMES_FILE).open("wb") as store:
+            store = FrameWriter(scratch, settings.avatar_frame_codec, settings.avatar_jpeg_quality)
+            try:
                 while (frame := await loop.run_in_executor(pool, next, frames, None)) is not None:
-                    await loop.run_in_executor(pool, store.write, frame.tobytes())
+                    await loop.run_in_executor(pool, store.append, frame)
                     if count % settings.detect_every == 0:
                         pending.append((count, *await _detector_input(loop, pool, frame, settings)))
                         keyframes.append(count)
@@ -255,6 +230,9 @@ async def _decode_and_detect(
                     count += 1
                     if on_frame:
                         on_frame(count)
+            finally:
+                # Serialised with a write still running in a pool thread by the file's lock.
+                store.close()
             # The last frame is always a keyframe so that interpolation reaches the end.
             if last is not None and keyframes[-1] != last[0]:
                 pending.append((last[0], *await _detector_input(loop, pool, last[1], settings)))

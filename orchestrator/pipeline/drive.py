@@ -15,8 +15,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from orchestrator.pipeline.avatar import Avatar, FrameStore
+from orchestrator.pipeline.avatar import Avatar
 from orchestrator.pipeline.boxes import has_face
+from orchestrator.pipeline.frame_store import FrameStore
 from orchestrator.pipeline.mel import SAMPLE_RATE, mel_window
 from orchestrator.pipeline.stages import END, DrivenFrame, StageClock
 
