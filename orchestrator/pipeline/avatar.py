@@ -1,8 +1,8 @@
 """avatar: face boxes for every avatar frame, from face_detector on Triton, cached.
 
-An avatar is prepared once: its frames are decoded into a frame store (raw BGR, one fixed
-size record per frame, so the drive stage can walk them forwards and backwards without
-decoding again or holding them in memory) and face boxes are detected on every k-th frame,
+An avatar is prepared once: its frames are decoded into a frame store (frame_store.py: the
+drive stage can walk them forwards and backwards without decoding again or holding them
+in memory) and face boxes are detected on every k-th frame,
 interpolated, padded and smoothed. Everything is kept under the data directory keyed by
 the video's content hash: a second job with the same video sends no detection request.
 """
