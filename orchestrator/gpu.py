@@ -79,12 +79,16 @@ def placement_problems(gpu_count: int, models: list[ModelSpec]) -> list[str]:
     return problems
 
 
+def gpu_problems(census: GpuCensus, models: list[ModelSpec], *, require_gpu: bool) -> list[str]:
+    """One line per reason the GPUs and the models' placement do not fit together."""
+    problems = []
+    if require_gpu and not census.gpus:
+        problems.append(f"DH_REQUIRE_GPU is set but this host has no usable GPU ({census.nvml})")
+    return problems + placement_problems(len(census.gpus), models)
+
+
 def guard(census: GpuCensus, models: list[ModelSpec], *, require_gpu: bool) -> None:
     """Raises at start-up when GPUs are required but absent, or present but unused."""
-    if require_gpu and not census.gpus:
-        raise PipelineError(
-            STAGE, f"DH_REQUIRE_GPU is set but this host has no usable GPU ({census.nvml})"
-        )
-    problems = placement_problems(len(census.gpus), models)
+    problems = gpu_problems(census, models, require_gpu=require_gpu)
     if problems:
         raise PipelineError(STAGE, "; ".join(problems))

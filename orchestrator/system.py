@@ -97,5 +97,5 @@ async def system_report(engine: Engine) -> dict[str, object]:
         "models": [_model(served.lipsync), _model(served.detector)],
         "triton_metrics": metrics,
         "triton_metrics_error": metrics_error,
-        "readiness_problems": await engine.readiness_problems(),
+        "readiness_problems": await engine.readiness_problems(census),
     }

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.errors import PipelineError, unwrap
-from orchestrator.gpu import GpuCensus, GpuProbe, nvml_census, placement_problems
+from orchestrator.gpu import GpuCensus, GpuProbe, gpu_problems, nvml_census
 from orchestrator.gpu import guard as gpu_guard
 from orchestrator.models import ServedModels, load_served_models
 from orchestrator.pipeline import avatar as avatar_stage
@@ -114,20 +114,19 @@ class Engine:
         self._served = served
         return served
 
-    async def readiness_problems(self) -> list[str]:
+    async def readiness_problems(self, census: GpuCensus | None = None) -> list[str]:
         """Why this engine should not take jobs now ([] when ready): Triton or a model not
-        ready, a model's tensors off contract, or a model on the CPU beside idle GPUs."""
+        ready, a model's tensors off contract, or a model on the CPU beside idle GPUs.
+        `census` saves a second NVML probe when the caller has one."""
         try:
             served = await load_served_models(self.client, self.settings, ready_timeout_s=2.0)
         except PipelineError as exc:
             return [exc.message]
-        census = await asyncio.to_thread(self.gpu_probe)
-        problems = placement_problems(len(census.gpus), [served.lipsync, served.detector])
-        if self.settings.require_gpu and not census.gpus:
-            problems.append(
-                f"DH_REQUIRE_GPU is set but this host has no usable GPU ({census.nvml})"
-            )
-        return problems
+        if census is None:
+            census = await asyncio.to_thread(self.gpu_probe)
+        return gpu_problems(
+            census, [served.lipsync, served.detector], require_gpu=self.settings.require_gpu
+        )
 
     async def close(self) -> None:
         await self.client.close()
