@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import PurePath
+
+# An absolute path in a message: a '/' not preceded by a word character, ':' or '/', so
+# the '//' of a URL and a ratio like '3/4' are left alone.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/[^\s'\"(),;]+")
+
 
 class PipelineError(Exception):
     """Root of the project's errors; carries the stage and a human message."""
@@ -20,11 +27,15 @@ class BadInput(PipelineError):
     """The caller's input cannot be used (exit status 2, HTTP 4xx)."""
 
 
+# The "model" of an error that concerns the whole Triton server, not one model.
+SERVER = "server"
+
+
 class InferenceError(PipelineError):
     """Triton could not serve a request; carries the model and Triton's own message."""
 
     def __init__(self, model: str, message: str, stage: str = "infer") -> None:
-        super().__init__(stage, f"model '{model}': {message}")
+        super().__init__(stage, message if model == SERVER else f"model '{model}': {message}")
         self.model = model
 
 
@@ -44,19 +55,30 @@ class ContractMismatch(InferenceError):
     """A model's tensors are not what the pipeline needs; a start-up error."""
 
 
-def unwrap(error: BaseException, stage: str) -> BaseException:
-    """The error to report for a failed task group: the first PipelineError inside it (the
-    root cause; the others are usually consequences), else the first error wrapped with
-    the stage it happened in."""
+def unwrap(error: BaseException, stage: str) -> PipelineError:
+    """The error to report for a failure: the first PipelineError inside an exception group
+    (the root cause; the others are usually its consequences, such as a queue's consumer
+    failing after its producer did), keeping its type; else the first error, described
+    without server paths and given `stage`."""
     if isinstance(error, BaseExceptionGroup):
-        leaves = list(_leaves(error))
+        leaves = _leaves(error)
         for leaf in leaves:
             if isinstance(leaf, PipelineError):
                 return leaf
         error = leaves[0] if leaves else error
     if isinstance(error, PipelineError):
         return error
-    return PipelineError(stage, f"{type(error).__name__}: {error}")
+    return PipelineError(stage, describe(error))
+
+
+def describe(error: BaseException) -> str:
+    """A one-line account of an untyped error that names files, never server paths: an
+    OSError's file by its name, absolute paths in other messages by their last part."""
+    if isinstance(error, OSError) and error.strerror:
+        name = PurePath(str(error.filename)).name if error.filename else ""
+        return f"{error.strerror} ({name})" if name else error.strerror
+    text = _ABSOLUTE_PATH.sub(lambda m: PurePath(m.group(0)).name or "/", str(error))
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

@@ -9,18 +9,28 @@ Triton's own message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult, model_config_pb2
+from tritonclient.grpc import (
+    MAX_GRPC_MESSAGE_SIZE,
+    InferInput,
+    InferRequestedOutput,
+    InferResult,
+    KeepAliveOptions,
+    model_config_pb2,
+)
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from orchestrator.contracts import TensorSpec
 from orchestrator.errors import (
+    SERVER,
     InferenceError,
     TritonRejected,
     TritonTimeout,
@@ -28,9 +38,15 @@ from orchestrator.errors import (
 )
 
 T = TypeVar("T")
-SERVER = "server"  # the "model" named in errors that concern the whole server
 BACKOFF_START_S = 0.1
-BACKOFF_MAX_S = 2.0
+BACKOFF_MAX_S = 1.0
+# Deadline of one small RPC (health, metadata, statistics): these answer in milliseconds.
+RPC_TIMEOUT_S = 5.0
+# gRPC waits 1 s, then up to 120 s (x1.6 each time) between reconnects to a server that
+# went away, which kept readiness 8-11 s behind a restarted Triton; a local or in-cluster
+# server is cheap to retry, so reconnect at least once a second.
+RECONNECT_BACKOFF_MS = 250
+MAX_RECONNECT_BACKOFF_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,22 @@ def _message(exc: InferenceServerException) -> str:
     return exc.message() or str(exc) or _status(exc) or "no message from Triton"
 
 
+def _channel_args() -> list[tuple[str, Any]]:
+    """tritonclient's own defaults (message sizes, keepalive) plus fast reconnects."""
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+        ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+    ]
+
+
 def _tensors(metadata_tensors: object, batched: bool) -> dict[str, TensorSpec]:
     specs = {}
     for t in metadata_tensors:  # type: ignore[attr-defined]
@@ -98,7 +130,7 @@ class TritonClient:
         self.request_timeout_s = request_timeout_s
         self.retry_deadline_s = retry_deadline_s
         self.max_in_flight = max_in_flight
-        self._client = grpcclient.InferenceServerClient(url)
+        self._client = grpcclient.InferenceServerClient(url, channel_args=_channel_args())
         self._slots = asyncio.Semaphore(max_in_flight)
         self.in_flight = 0
         # Set by the service to observe latency and requests in flight; None: no one listens.
@@ -107,6 +139,25 @@ class TritonClient:
     async def close(self) -> None:
         await self._client.close()
 
+    def connected(self) -> bool:
+        """Whether the gRPC channel holds a live connection to Triton now."""
+        return self._channel().get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY
+
+    async def connection_changed(self, timeout_s: float) -> None:
+        """Returns when the channel's connection state changes (Triton went away or came
+        back) or after `timeout_s`; lets a watcher react to the event instead of polling."""
+        channel = self._channel()
+        state = channel.get_state(try_to_connect=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await channel.wait_for_state_change(state)
+
+    def _channel(self) -> grpc.aio.Channel:
+        # tritonclient keeps its channel private and offers no connectivity API; this
+        # module is the one place that knows.
+        channel: grpc.aio.Channel = self._client._channel
+        return channel
+
     async def __aenter__(self) -> TritonClient:
         return self
 
@@ -114,50 +165,63 @@ class TritonClient:
         await self.close()
 
     async def _call(
-        self, model: str, what: str, attempt: Callable[[float], Awaitable[T]], deadline_s: float
+        self,
+        model: str,
+        what: str,
+        attempt: Callable[[float], Awaitable[T]],
+        timeout_s: float,
+        stage: str = "infer",
+        retry_s: float | None = None,
     ) -> T:
-        """Runs one RPC; UNAVAILABLE is retried with backoff until `deadline_s` has passed."""
-        deadline = time.monotonic() + deadline_s
+        """Runs one RPC with `timeout_s` per attempt. UNAVAILABLE (no server, or a model
+        not loaded yet) is retried with backoff for `retry_s` (default: the client's
+        retry deadline) counted from the first refusal, so an outage costs a job that
+        long, not the request timeout on top."""
+        retry_s = self.retry_deadline_s if retry_s is None else retry_s
+        first_refusal: float | None = None
         delay = BACKOFF_START_S
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                return await attempt(max(remaining, 0.001))
+                return await attempt(timeout_s)
             except InferenceServerException as exc:
                 status, message = _status(exc), _message(exc)
                 if status == "DEADLINE_EXCEEDED":
                     raise TritonTimeout(
-                        model, f"{what} ran past its {deadline_s:.1f} s deadline ({message})"
+                        model,
+                        f"{what} ran past its {timeout_s:.1f} s deadline ({message})",
+                        stage,
                     ) from exc
                 if status != "UNAVAILABLE":
-                    raise TritonRejected(model, f"{what} failed: {message}") from exc
-                if time.monotonic() + delay > deadline:
+                    raise TritonRejected(model, f"{what} failed: {message}", stage) from exc
+                now = time.monotonic()
+                first_refusal = now if first_refusal is None else first_refusal
+                if now + delay - first_refusal > retry_s:
                     raise TritonUnavailable(
                         model,
-                        f"{what}: Triton at {self.url} unavailable for {deadline_s:.1f} s "
-                        f"({message})",
+                        f"{what}: Triton at {self.url} unavailable for {retry_s:.1f} s ({message})",
+                        stage,
                     ) from exc
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # backoff between retries, not a wait for state
             delay = min(delay * 2, BACKOFF_MAX_S)
 
     async def wait_ready(self, models: list[str], deadline_s: float) -> None:
         """Returns when the server and every model are READY; TritonUnavailable otherwise."""
 
-        async def all_ready(remaining: float) -> bool:
-            t = min(remaining, 5.0)
-            if not await self._client.is_server_ready(client_timeout=t):
+        async def all_ready(timeout_s: float) -> bool:
+            if not await self._client.is_server_ready(client_timeout=timeout_s):
                 raise InferenceServerException(
                     "server is live but not ready", "StatusCode.UNAVAILABLE"
                 )
             for model in models:
-                if not await self._client.is_model_ready(model, client_timeout=t):
-                    await self._why_not_ready(model, t)
+                if not await self._client.is_model_ready(model, client_timeout=timeout_s):
+                    await self._why_not_ready(model, timeout_s)
             return True
 
         try:
-            await self._call(SERVER, "readiness", all_ready, deadline_s)
+            attempt_s = min(deadline_s, RPC_TIMEOUT_S)
+            await self._call(SERVER, "readiness", all_ready, attempt_s, "startup", deadline_s)
         except TritonTimeout as exc:
-            raise TritonUnavailable(SERVER, exc.message) from exc
+            raise TritonUnavailable(SERVER, exc.message, "startup") from exc
 
     async def _why_not_ready(self, model: str, rpc_timeout_s: float) -> None:
         """Fails at once for a model Triton does not have or could not load; a model still
@@ -180,13 +244,15 @@ class TritonClient:
             model,
             "reading metadata",
             lambda t: self._client.get_model_metadata(model, client_timeout=t),
-            self.retry_deadline_s,
+            RPC_TIMEOUT_S,
+            "startup",
         )
         reply = await self._call(
             model,
             "reading config",
             lambda t: self._client.get_model_config(model, client_timeout=t),
-            self.retry_deadline_s,
+            RPC_TIMEOUT_S,
+            "startup",
         )
         config = reply.config
         batched = config.max_batch_size > 0
@@ -209,9 +275,14 @@ class TritonClient:
         )
 
     async def infer(
-        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        stage: str = "infer",
     ) -> dict[str, np.ndarray]:
-        """One request; waits for a free slot so at most `max_in_flight` are outstanding."""
+        """One request; waits for a free slot so at most `max_in_flight` are outstanding.
+        Errors are reported as `stage`'s (the detector's requests belong to "avatar")."""
         request_inputs = []
         for name, array in inputs.items():
             tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
@@ -219,12 +290,12 @@ class TritonClient:
             request_inputs.append(tensor)
         requested = [InferRequestedOutput(name) for name in outputs]
 
-        async def once(remaining: float) -> InferResult:
+        async def once(timeout_s: float) -> InferResult:
             return await self._client.infer(
                 model,
                 request_inputs,
                 outputs=requested,
-                client_timeout=min(remaining, self.request_timeout_s),
+                client_timeout=timeout_s,
             )
 
         async with self._slots:
@@ -233,9 +304,7 @@ class TritonClient:
             if observer is not None:
                 observer.infer_started(model)
             try:
-                result = await self._call(
-                    model, "inference", once, self.request_timeout_s + self.retry_deadline_s
-                )
+                result = await self._call(model, "inference", once, self.request_timeout_s, stage)
                 ok = True
             finally:
                 self.in_flight -= 1
@@ -245,7 +314,7 @@ class TritonClient:
         for name in outputs:
             array = result.as_numpy(name)
             if array is None:
-                raise InferenceError(model, f"response has no output '{name}'")
+                raise InferenceError(model, f"response has no output '{name}'", stage)
             arrays[name] = array
         return arrays
 
@@ -254,7 +323,7 @@ class TritonClient:
             SERVER,
             "reading server metadata",
             lambda t: self._client.get_server_metadata(client_timeout=t),
-            self.retry_deadline_s,
+            RPC_TIMEOUT_S,
         )
         return str(reply.version)
 
@@ -263,7 +332,7 @@ class TritonClient:
             model,
             "reading statistics",
             lambda t: self._client.get_inference_statistics(model, client_timeout=t),
-            self.retry_deadline_s,
+            RPC_TIMEOUT_S,
         )
         stats = reply.model_stats
         return ModelStats(

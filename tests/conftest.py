@@ -31,7 +31,11 @@ class TritonAddress:
 
 @pytest.fixture(scope="session")
 def built_models() -> Path:
-    """The model repository with every model.onnx built (a no-op when up to date)."""
+    """The model repository with every model.onnx built (a no-op when up to date), or the
+    already built one named by DH_TEST_MODEL_REPOSITORY."""
+    prebuilt = os.environ.get("DH_TEST_MODEL_REPOSITORY")
+    if prebuilt:
+        return Path(prebuilt)
     build_repository(MODEL_REPOSITORY, work=REPO / "build", log=lambda _: None)
     return MODEL_REPOSITORY
 

@@ -27,13 +27,18 @@ class AudioInfo:
     seconds: float
 
 
-def check_audio(path: Path, settings: Settings, partial: bool = False) -> AudioInfo | None:
+def check_audio(
+    path: Path, settings: Settings, partial: bool = False, name: str | None = None
+) -> AudioInfo | None:
     """The track's length, or LimitExceeded (422) when it is over max_audio_seconds.
+    `name` is the file as the client named it (the staged copy's name means nothing to
+    them).
 
     A complete file with no usable duration in its header is decoded (stopping at the
     limit) so that a missing header cannot smuggle a long track past the check."""
+    label = name or path.name
     try:
-        seconds = _audio_header_seconds(path, partial)
+        seconds = _audio_header_seconds(path, partial, label)
     except BadInput:
         if partial:
             return None
@@ -41,36 +46,39 @@ def check_audio(path: Path, settings: Settings, partial: bool = False) -> AudioI
     if seconds is None:
         if partial:
             return None
-        seconds = _decoded_audio_seconds(path, settings.max_audio_seconds)
+        seconds = _decoded_audio_seconds(path, settings.max_audio_seconds, label)
     if seconds > settings.max_audio_seconds:
         raise LimitExceeded(
             STAGE,
-            f"the audio is {seconds:.1f} s long; this server takes at most "
+            f"audio {label} is {seconds:.1f} s long; this server takes at most "
             f"{settings.max_audio_seconds:g} s (DH_MAX_AUDIO_SECONDS)",
             UNPROCESSABLE,
         )
     return AudioInfo(seconds)
 
 
-def check_video(path: Path, settings: Settings, partial: bool = False) -> VideoInfo | None:
+def check_video(
+    path: Path, settings: Settings, partial: bool = False, name: str | None = None
+) -> VideoInfo | None:
     """The video's header facts, or LimitExceeded (422) for size or length over the limits."""
+    label = name or path.name
     if partial:
-        _check_partial_video(path, settings)
+        _check_partial_video(path, settings, label)
         return None
-    info = probe_video(path)
-    _check_size(info.width, info.height, settings)
+    info = probe_video(path, name)
+    _check_size(info.width, info.height, settings, label)
     seconds = info.duration_s or info.frame_count / info.fps
     if seconds > settings.max_video_seconds:
         raise LimitExceeded(
             STAGE,
-            f"the video is {seconds:.1f} s long; this server takes at most "
+            f"video {label} is {seconds:.1f} s long; this server takes at most "
             f"{settings.max_video_seconds:g} s (DH_MAX_VIDEO_SECONDS)",
             UNPROCESSABLE,
         )
     return info
 
 
-def _check_size(width: int, height: int, settings: Settings) -> None:
+def _check_size(width: int, height: int, settings: Settings, label: str) -> None:
     if (
         width > settings.max_video_width
         or height > settings.max_video_height
@@ -78,7 +86,7 @@ def _check_size(width: int, height: int, settings: Settings) -> None:
     ):
         raise LimitExceeded(
             STAGE,
-            f"the video is {width}x{height}; this server takes at most "
+            f"video {label} is {width}x{height}; this server takes at most "
             f"{settings.max_video_width}x{settings.max_video_height} and "
             f"{settings.max_video_pixels} pixels per frame "
             "(DH_MAX_VIDEO_WIDTH, DH_MAX_VIDEO_HEIGHT, DH_MAX_VIDEO_PIXELS)",
@@ -86,7 +94,7 @@ def _check_size(width: int, height: int, settings: Settings) -> None:
         )
 
 
-def _check_partial_video(path: Path, settings: Settings) -> None:
+def _check_partial_video(path: Path, settings: Settings, label: str) -> None:
     """Frame size from the stream header alone. The header's size is before rotation, so
     only a size over the limits in both orientations is certain."""
     try:
@@ -100,25 +108,28 @@ def _check_partial_video(path: Path, settings: Settings) -> None:
     if not width or not height:
         return
     try:
-        _check_size(width, height, settings)
+        _check_size(width, height, settings, label)
     except LimitExceeded as as_stored:
         try:
-            _check_size(height, width, settings)
+            _check_size(height, width, settings, label)
         except LimitExceeded:
             raise as_stored from None
 
 
-def _audio_header_seconds(path: Path, partial: bool) -> float | None:
+def _audio_header_seconds(path: Path, partial: bool, label: str) -> float | None:
     try:
         container = av.open(str(path), "r")
     except av.FFmpegError as exc:
+        reason = exc.strerror or "unknown format"  # str(exc) names the staged file's path
         raise BadInput(
-            "decode", f"audio {path.name}: not a media file PyAV can read ({exc})"
+            "decode", f"audio {label}: not a media file PyAV can read ({reason})"
         ) from None
     with container:
         if not container.streams.audio:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
-            raise BadInput("decode", f"audio has no audio stream (streams: {', '.join(kinds)})")
+            raise BadInput(
+                "decode", f"audio {label}: has no audio stream (streams: {', '.join(kinds)})"
+            )
         stream = container.streams.audio[0]
         if stream.duration is not None and stream.time_base is not None:
             return float(stream.duration * stream.time_base)
@@ -127,7 +138,7 @@ def _audio_header_seconds(path: Path, partial: bool) -> float | None:
     return None
 
 
-def _decoded_audio_seconds(path: Path, limit_s: float) -> float:
+def _decoded_audio_seconds(path: Path, limit_s: float, label: str) -> float:
     """Decodes the first audio stream, stopping a little past `limit_s`."""
     seconds = 0.0
     with av.open(str(path), "r") as container:
@@ -138,7 +149,8 @@ def _decoded_audio_seconds(path: Path, limit_s: float) -> float:
                 if seconds > limit_s:
                     break
         except av.FFmpegError as exc:
-            raise BadInput("decode", f"audio: cannot decode audio ({exc})") from None
+            reason = exc.strerror or type(exc).__name__
+            raise BadInput("decode", f"audio {label}: cannot decode audio ({reason})") from None
     return seconds
 
 

@@ -26,7 +26,12 @@ import numpy as np
 from orchestrator.detection import select_faces
 from orchestrator.errors import BadInput
 from orchestrator.pipeline import boxes as face_boxes
-from orchestrator.pipeline.decode import VideoInfo, probe_video, read_video_frames
+from orchestrator.pipeline.decode import (
+    VideoInfo,
+    probe_video,
+    read_video_frames,
+    require_input,
+)
 from orchestrator.pipeline.frame_store import FrameCodec, FrameStore, FrameWriter
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient
@@ -122,33 +127,37 @@ async def prepare_avatar(
     settings: Settings,
     pool: Executor,
     on_frame: Callable[[int], None] | None = None,
+    name: str | None = None,
 ) -> Avatar:
-    """The prepared avatar for `video`, from the cache or by decoding and detecting now."""
+    """The prepared avatar for `video`, from the cache or by decoding and detecting now.
+    `name` is the video as the user knows it, for messages."""
     loop = asyncio.get_running_loop()
+    require_input(video, "avatar", name)
     avatar_id = await loop.run_in_executor(pool, content_id, video)
     directory = avatars_dir / avatar_id
     cached = load_avatar(directory)
     if cached is not None:
         return cached
-    info = await loop.run_in_executor(pool, probe_video, video)
+    info = await loop.run_in_executor(pool, probe_video, video, name)
     scratch = avatars_dir / f".{avatar_id}.{uuid.uuid4().hex[:8]}.partial"
     scratch.mkdir(parents=True)
     try:
         frame_count, keyframes, key_boxes = await _decode_and_detect(
-            video, info, scratch, client, settings, pool, on_frame
+            video, info, scratch, client, settings, pool, on_frame, name
         )
         if not face_boxes.has_face(key_boxes).any():
             raise BadInput(
                 STAGE,
-                f"no face found in avatar {video.name}: the detector checked {len(keyframes)} "
-                f"of its {frame_count} frames (every {settings.detect_every}th) and found none",
+                f"no face found in avatar {name or video.name}: the detector checked "
+                f"{len(keyframes)} of its {frame_count} frames (every "
+                f"{settings.detect_every}th) and found none",
             )
         tracked = face_boxes.track(keyframes, key_boxes, frame_count, info.width, info.height)
         np.save(scratch / BOXES_FILE, tracked)
         meta = {
             "store_version": STORE_VERSION,
             "avatar_id": avatar_id,
-            "source_name": video.name,
+            "source_name": name or video.name,
             "width": info.width,
             "height": info.height,
             "fps": info.fps,
@@ -178,6 +187,7 @@ async def _decode_and_detect(
     settings: Settings,
     pool: Executor,
     on_frame: Callable[[int], None] | None,
+    name: str | None,
 ) -> tuple[int, list[int], np.ndarray]:
     """Streams the frames into the store while detection batches go to Triton."""
     loop = asyncio.get_running_loop()
@@ -188,7 +198,9 @@ async def _decode_and_detect(
 
     async def detect(batch: list[tuple[int, np.ndarray, float]]) -> None:
         images = np.stack([image for _, image, _ in batch])
-        result = await client.infer(settings.detector_model, {"image": images}, ["boxes", "scores"])
+        result = await client.infer(
+            settings.detector_model, {"image": images}, ["boxes", "scores"], stage=STAGE
+        )
         for row, (index, _, scale) in enumerate(batch):
             faces = select_faces(
                 result["boxes"][row],
@@ -199,7 +211,7 @@ async def _decode_and_detect(
             best = np.array(faces[0].box) / scale if faces else np.full(4, face_boxes.NO_FACE)
             detections[index] = best
 
-    frames = read_video_frames(video, info.fps)
+    frames = read_video_frames(video, info.fps, name)
     count = 0
     last: tuple[int, np.ndarray] | None = None
     try:

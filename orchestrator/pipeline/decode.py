@@ -36,25 +36,36 @@ class VideoInfo:
     rotation: int  # degrees counter-clockwise that make the stored frames upright
 
 
-def _open(path: Path, what: str) -> av.container.InputContainer:
-    if not path.is_file():
-        raise BadInput(STAGE, f"{what} {path.name}: no such file")
-    if path.stat().st_size == 0:
-        raise BadInput(STAGE, f"{what} {path.name}: the file is empty")
+def require_input(path: Path, what: str, name: str | None = None) -> None:
+    """BadInput unless `path` is a non-empty file. `name` is how the user knows the file
+    (an upload's filename); messages never show where the server keeps it."""
+    label = name or path.name
+    try:
+        size = path.stat().st_size if path.is_file() else None
+    except (OSError, ValueError):  # ValueError: a NUL byte in the name
+        size = None
+    if size is None:
+        raise BadInput(STAGE, f"{what} {label}: no such file")
+    if size == 0:
+        raise BadInput(STAGE, f"{what} {label}: the file is empty")
+
+
+def _open(path: Path, what: str, name: str | None = None) -> av.container.InputContainer:
+    require_input(path, what, name)
     try:
         return av.open(str(path), "r")
     except av.FFmpegError as exc:
         raise BadInput(
-            STAGE, f"{what} {path.name}: not a media file PyAV can read ({exc.strerror or exc})"
+            STAGE,
+            f"{what} {name or path.name}: not a media file PyAV can read "
+            f"({exc.strerror or 'unknown format'})",
         ) from None
 
 
-def _video_stream(container: av.container.InputContainer, path: Path) -> av.VideoStream:
+def _video_stream(container: av.container.InputContainer, label: str) -> av.VideoStream:
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
-        raise BadInput(
-            STAGE, f"avatar {path.name}: has no video stream (streams: {', '.join(kinds)})"
-        )
+        raise BadInput(STAGE, f"avatar {label}: has no video stream (streams: {', '.join(kinds)})")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     return stream
@@ -75,17 +86,18 @@ def _upright(frame: av.VideoFrame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
 
 
-def probe_video(path: Path) -> VideoInfo:
+def probe_video(path: Path, name: str | None = None) -> VideoInfo:
     """Reads the container header and the first frame; raises BadInput for unusable files."""
-    with _open(path, "avatar") as container:
-        stream = _video_stream(container, path)
+    label = name or path.name
+    with _open(path, "avatar", name) as container:
+        stream = _video_stream(container, label)
         fps = _nominal_fps(stream)
         try:
             first = next(container.decode(stream))
         except StopIteration:
-            raise BadInput(STAGE, f"avatar {path.name}: the video stream has no frames") from None
+            raise BadInput(STAGE, f"avatar {label}: the video stream has no frames") from None
         except av.FFmpegError as exc:
-            raise BadInput(STAGE, f"avatar {path.name}: cannot decode video ({exc})") from None
+            raise BadInput(STAGE, f"avatar {label}: cannot decode video ({_why(exc)})") from None
         rotation = round((first.rotation or 0) / 90) % 4 * 90
         width, height = (
             (first.height, first.width) if rotation in (90, 270) else (first.width, first.height)
@@ -100,15 +112,16 @@ def probe_video(path: Path) -> VideoInfo:
     return VideoInfo(path, width, height, fps, frames, duration, rotation)
 
 
-def read_video_frames(path: Path, fps: float) -> Iterator[np.ndarray]:
+def read_video_frames(path: Path, fps: float, name: str | None = None) -> Iterator[np.ndarray]:
     """Upright BGR frames at exactly `fps`, chosen by presentation time.
 
     Output frame j shows the input frame on screen at time j / fps (from the first frame):
     frames of a faster or irregular input are dropped, gaps are filled by holding.
     """
     interval = 1.0 / fps
-    with _open(path, "avatar") as container:
-        stream = _video_stream(container, path)
+    label = name or path.name
+    with _open(path, "avatar", name) as container:
+        stream = _video_stream(container, label)
         nominal = 1.0 / _nominal_fps(stream)
         start: float | None = None
         shown: np.ndarray | None = None
@@ -126,9 +139,9 @@ def read_video_frames(path: Path, fps: float) -> Iterator[np.ndarray]:
                         next_out += 1
                 shown, last_time = _upright(frame), t
         except av.FFmpegError as exc:
-            raise BadInput(STAGE, f"avatar {path.name}: cannot decode video ({exc})") from None
+            raise BadInput(STAGE, f"avatar {label}: cannot decode video ({_why(exc)})") from None
         if shown is None:
-            raise BadInput(STAGE, f"avatar {path.name}: the video stream has no frames")
+            raise BadInput(STAGE, f"avatar {label}: the video stream has no frames")
         # The last frame stays on screen for one nominal frame interval.
         end = last_time + nominal
         while next_out * interval < end - TIMESTAMP_SLACK * interval:
@@ -136,13 +149,14 @@ def read_video_frames(path: Path, fps: float) -> Iterator[np.ndarray]:
             next_out += 1
 
 
-def decode_audio(path: Path) -> np.ndarray:
+def decode_audio(path: Path, name: str | None = None) -> np.ndarray:
     """The first audio stream as 16 kHz mono float32 in [-1, 1]."""
-    with _open(path, "audio") as container:
+    label = name or path.name
+    with _open(path, "audio", name) as container:
         if not container.streams.audio:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise BadInput(
-                STAGE, f"audio {path.name}: has no audio stream (streams: {', '.join(kinds)})"
+                STAGE, f"audio {label}: has no audio stream (streams: {', '.join(kinds)})"
             )
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
@@ -157,11 +171,16 @@ def decode_audio(path: Path) -> np.ndarray:
             for out in resampler.resample(None):
                 samples.extend(out.to_ndarray()[0])
         except av.FFmpegError as exc:
-            raise BadInput(STAGE, f"audio {path.name}: cannot decode audio ({exc})") from None
+            raise BadInput(STAGE, f"audio {label}: cannot decode audio ({_why(exc)})") from None
     audio = samples.array()
     if audio.size == 0:
-        raise BadInput(STAGE, f"audio {path.name}: the audio stream has no samples")
+        raise BadInput(STAGE, f"audio {label}: the audio stream has no samples")
     return audio
+
+
+def _why(error: av.FFmpegError) -> str:
+    # str(FFmpegError) ends with the file's full path on this server; its strerror does not.
+    return error.strerror or type(error).__name__
 
 
 class _GrowingBuffer:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from orchestrator.errors import PipelineError
+from orchestrator.errors import PipelineError, unwrap
 
 T = TypeVar("T")
 # Queue depth between stages, in frames: enough to keep every stage busy, small enough
@@ -57,10 +57,15 @@ class StageClock:
 
 
 async def guarded(stage: str, work: Coroutine[Any, Any, T]) -> T:
-    """Runs a stage's task; any error that is not already typed gets the stage's name."""
+    """Runs a stage's task; any error that is not already typed gets the stage's name, and
+    an exception group (a stage with a task group of its own) is unwrapped to the error
+    that means something, keeping its type, so bad input stays bad input."""
     try:
         return await work
     except PipelineError:
         raise
     except Exception as exc:
-        raise PipelineError(stage, f"{type(exc).__name__}: {exc}") from exc
+        error = unwrap(exc, stage)
+        # A leaf of a group carries its own traceback; chaining it to the group that holds
+        # it would make a cycle.
+        raise error from (None if isinstance(exc, BaseExceptionGroup) else exc)
