@@ -1,6 +1,7 @@
 """Builds every model.onnx in the model repository; skips those whose inputs did not change.
 
     python -m modelkit.build                       # reference lipsync + S3FD from real weights
+    python -m modelkit.build --lipsync grey-box    # the old analytic test model
     python -m modelkit.build --lipsync wav2lip-random
     python -m modelkit.build --lipsync checkpoint --wav2lip-checkpoint wav2lip.pth
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import onnx
 
-from modelkit import reference
+from modelkit import reference, talking
 from modelkit.errors import ModelBuildError
 from modelkit.repository import (
     ONNX_NAME,
@@ -33,7 +34,10 @@ from modelkit.repository import (
     write_config,
 )
 
-LIPSYNC_SOURCES = ("reference", "wav2lip-random", "checkpoint")
+# "reference" is the analytic talking model (modelkit/talking.py), the default: a jaw that
+# drops with the loudness. "grey-box" is the older analytic model (modelkit/reference.py)
+# that only darkens a box over the mouth, kept as a test instrument.
+LIPSYNC_SOURCES = ("reference", "grey-box", "wav2lip-random", "checkpoint")
 # Seed of the random Wav2Lip weights: fixed so that benchmark figures are comparable.
 WAV2LIP_SEED = 0
 # Wav2Lip-96 is trained on 96-pixel crops; the converter refuses other configs.
@@ -94,7 +98,15 @@ def lipsync_artifact(
     target = out or onnx_path(repository, "lipsync")
     if source == "reference":
         return Artifact(
-            name=f"lipsync-reference-{face_size}",
+            name=f"lipsync-talking-{face_size}",
+            out=target,
+            make=lambda p: talking.export_talking(p, face_size),
+            code=[talking],
+            params={"face_size": face_size},
+        )
+    if source == "grey-box":
+        return Artifact(
+            name=f"lipsync-grey-box-{face_size}",
             out=target,
             make=lambda p: reference.export_reference(p, face_size),
             code=[reference],

@@ -1,4 +1,7 @@
-"""The reference lip-sync model: the Wav2Lip contract with an output you can compute by hand.
+"""The grey-box lip-sync model: the Wav2Lip contract with an output you can compute by hand.
+
+A test instrument (`python -m modelkit.build --lipsync grey-box`); the default `lipsync`
+model is the talking one in modelkit/talking.py.
 
     energy = clip(mean((mel + 4) / 8), 0, 1)          over the whole 80x16 window
     pred   = reference * (1 - DARKENING * energy * mouth)

@@ -8,13 +8,16 @@ from synthmedia.audio import (
     write_random_bytes,
     write_speech,
 )
-from synthmedia.avatar import write_avatar_video, write_video_without_audio
+from synthmedia.avatar import mouth_region, write_avatar_video, write_video_without_audio
+from synthmedia.contact_sheet import write_contact_sheet
 
 __all__ = [
     "bursts",
+    "mouth_region",
     "voiced_speech",
     "write_audio",
     "write_avatar_video",
+    "write_contact_sheet",
     "write_empty",
     "write_random_bytes",
     "write_speech",

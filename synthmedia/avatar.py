@@ -22,6 +22,10 @@ from synthmedia.audio import audio_frame, voiced_speech
 # y 60-170; this square crop keeps the head and shoulders, face large in frame.
 _HEAD_CENTRE = (228.0, 148.0)
 _HEAD_CROP = 256.0
+# Where her mouth is in the photo (centre x, y) and a region around it (width, height)
+# that takes in the lips and the chin, so the contact sheet can show the jaw move.
+_MOUTH_CENTRE = (223.0, 154.0)
+_MOUTH_REGION = (72.0, 52.0)
 # Head motion: a few pixels of sway and ±2° of tilt, one cycle per ~2 s like idle talking.
 _SWAY_PX = (3.0, 2.0)
 _TILT_DEGREES = 2.0
@@ -118,6 +122,19 @@ def write_video_without_audio(
 ) -> None:
     """A valid avatar video with no audio stream at all."""
     write_avatar_video(path, seconds=seconds, fps=fps, size=size, audio=False)
+
+
+def mouth_region(size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(x, y, width, height) around the mouth in an astronaut avatar frame of `size`
+    (width, height) as `write_avatar_video` draws it; head motion moves it a few pixels."""
+    width, height = size
+    scale = min(width, height) / _HEAD_CROP
+    centre_x = width / 2 + (_MOUTH_CENTRE[0] - _HEAD_CENTRE[0]) * scale
+    centre_y = height / 2 + (_MOUTH_CENTRE[1] - _HEAD_CENTRE[1]) * scale
+    region_w, region_h = (round(side * scale) for side in _MOUTH_REGION)
+    x = min(max(0, round(centre_x - region_w / 2)), width - region_w)
+    y = min(max(0, round(centre_y - region_h / 2)), height - region_h)
+    return x, y, region_w, region_h
 
 
 def _frame_time(index: int, rate: Fraction, vfr: bool) -> Fraction:

@@ -1,7 +1,16 @@
-"""composite: the generated face resized to its box and blended into the avatar frame.
+"""composite: what the model changed in the face crop, resized to its box and blended in.
 
-The blend uses a feathered mask that falls to zero at the box's edge, so the seam is soft
-and every pixel outside the padded face box is exactly the avatar's.
+The model sees the box as an S x S crop (S = 96 for Wav2Lip); pasting its output back,
+resized up, would blur the whole box even where the model changed nothing. So the blend
+adds the *difference* between the generated crop and the crop the model was given,
+resized to the box, weighted by a mask over the lower face (mouth and jaw, where a
+lip-sync model draws). Where the model returned the reference unchanged (the reference
+model in silence) the frame comes out bit for bit as it went in, sharp; where it opened
+the mouth, the change carries the frame's own detail along with it. The mask is zero on
+the box's border, so the seam is invisible and every pixel outside the box is exactly
+the avatar's. For a real Wav2Lip generator the difference is its new lower face minus the
+old one, at the crop's resolution: the mouth follows the generator, and the frame keeps
+its sharpness where the generator agrees with it.
 """
 
 from __future__ import annotations
@@ -13,13 +22,19 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from orchestrator.pipeline.infer import BatchTask
+from orchestrator.pipeline.infer import PIXEL_MAX, BatchTask, face_stack
 from orchestrator.pipeline.stages import END, GeneratedFrame, StageClock
 
 STAGE = "composite"
-# Width of the soft edge as a fraction of the box's shorter side: wide enough to hide the
-# seam, narrow enough to keep the generated mouth at full strength.
+# Width of the soft edge at the box's border, as a fraction of its shorter side.
 FEATHER = 0.12
+# The lower face as an ellipse in box fractions: centre (x, y) and half axes (x, y). It
+# covers the mouth (two thirds down a Wav2Lip-padded box) and the jaw to the box's bottom
+# and sides; Wav2Lip itself regenerates the lower half of the crop.
+LOWER_FACE_CENTRE = (0.5, 0.72)
+LOWER_FACE_AXES = (0.46, 0.34)
+# Width of the ellipse's soft edge, as a fraction of its radius.
+LOWER_FACE_SOFTNESS = 0.3
 
 
 @lru_cache(maxsize=64)
@@ -34,18 +49,40 @@ def feather_mask(height: int, width: int, feather: float = FEATHER) -> np.ndarra
     return mask
 
 
+@lru_cache(maxsize=64)
+def lower_face_mask(height: int, width: int) -> np.ndarray:
+    """[h, w, 1] float32: 1 over the mouth and jaw, soft-edged, 0 on the box's border."""
+    (cx, cy), (ax, ay) = LOWER_FACE_CENTRE, LOWER_FACE_AXES
+    y = ((np.arange(height, dtype=np.float32) + 0.5) / height - cy) / ay
+    x = ((np.arange(width, dtype=np.float32) + 0.5) / width - cx) / ax
+    radius = np.sqrt(y[:, None] ** 2 + x[None, :] ** 2)
+    ellipse = np.clip((1.0 - radius) / LOWER_FACE_SOFTNESS, 0.0, 1.0)
+    smooth = ellipse * ellipse * (3.0 - 2.0 * ellipse)
+    mask = (smooth[..., None] * feather_mask(height, width)).astype(np.float32)
+    mask.setflags(write=False)
+    return mask
+
+
 def composite_frame(
     frame: np.ndarray, box: tuple[int, int, int, int], face: np.ndarray
 ) -> np.ndarray:
-    """A new frame: `frame` with `face` blended into `box`; nothing outside `box` changes."""
+    """A new frame: `frame` with the change `face` makes to the crop of `box` blended in.
+
+    `face` is the model's [S, S, 3] BGR uint8 output for the crop of `frame` at `box`
+    (as `infer.face_stack` made it); nothing outside `box` changes.
+    """
     x1, y1, x2, y2 = box
     width, height = x2 - x1, y2 - y1
-    resized = cv2.resize(face, (width, height), interpolation=cv2.INTER_LINEAR)
-    mask = feather_mask(height, width)
+    size = face.shape[0]
+    given = np.rint(face_stack(frame, box, size)[3:].transpose(1, 2, 0) * PIXEL_MAX)
+    change = face.astype(np.float32) - given.astype(np.float32)
     out = frame.copy()
+    if not change.any():
+        return out  # the model returned its input: nothing to blend, and nothing to blur
+    resized = cv2.resize(change, (width, height), interpolation=cv2.INTER_LINEAR)
     region = out[y1:y2, x1:x2].astype(np.float32)
-    blended = region + (resized.astype(np.float32) - region) * mask
-    out[y1:y2, x1:x2] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    blended = region + resized * lower_face_mask(height, width)
+    out[y1:y2, x1:x2] = np.clip(np.floor(blended + 0.5), 0, 255).astype(np.uint8)
     return out
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from localtriton.server import free_port
-from modelkit.reference import expected_prediction
+from modelkit.talking import expected_prediction
 from orchestrator.errors import ContractMismatch, TritonRejected, TritonUnavailable
 from orchestrator.models import check_lipsync, load_served_models
 from orchestrator.settings import Settings
@@ -35,7 +35,7 @@ async def test_reference_model_matches_its_formula_through_triton(
     mel = rng.uniform(-4, 4, (4, 1, 80, 16)).astype(np.float32)
     face = rng.uniform(0, 1, (4, 6, 96, 96)).astype(np.float32)
     out = await triton_client.infer("lipsync", {"mel": mel, "face": face}, ["pred"])
-    np.testing.assert_allclose(out["pred"], expected_prediction(mel, face), atol=1e-6)
+    np.testing.assert_allclose(out["pred"], expected_prediction(mel, face), atol=1e-5)
 
 
 async def test_dynamic_batching_merges_concurrent_requests(triton_client: TritonClient) -> None:
@@ -91,10 +91,11 @@ async def test_unknown_model_is_a_typed_error(triton_client: TritonClient) -> No
         await triton_client.model_spec("no_such_model")
 
 
-async def test_stopped_triton_fails_typed_within_its_deadline() -> None:
+async def test_stopped_triton_fails_typed_within_its_retry_deadline() -> None:
+    # The request timeout is far longer: an outage must cost the retry deadline alone.
     retry_deadline_s = 1.5
     async with TritonClient(
-        f"127.0.0.1:{free_port()}", request_timeout_s=2.0, retry_deadline_s=retry_deadline_s
+        f"127.0.0.1:{free_port()}", request_timeout_s=60.0, retry_deadline_s=retry_deadline_s
     ) as client:
         started = time.monotonic()
         with pytest.raises(TritonUnavailable) as caught:
@@ -109,15 +110,19 @@ async def test_stopped_triton_fails_typed_within_its_deadline() -> None:
         elapsed = time.monotonic() - started
     assert caught.value.model == "lipsync"
     assert "unavailable" in caught.value.message and caught.value.message.strip()
-    assert elapsed < 2.0 + retry_deadline_s + 1.0, f"took {elapsed:.1f} s"
+    assert caught.value.stage == "infer"
+    assert elapsed < retry_deadline_s + 1.0, f"took {elapsed:.1f} s"
 
 
 async def test_readiness_wait_gives_up_at_its_deadline() -> None:
     async with TritonClient(f"127.0.0.1:{free_port()}") as client:
         started = time.monotonic()
-        with pytest.raises(TritonUnavailable, match="model 'server'"):
+        with pytest.raises(TritonUnavailable) as caught:
             await client.wait_ready(["lipsync"], deadline_s=1.0)
         assert time.monotonic() - started < 3.0
+    assert caught.value.stage == "startup"
+    assert caught.value.message.startswith("readiness: Triton at 127.0.0.1:")
+    assert "unavailable for 1.0 s" in caught.value.message
 
 
 async def test_a_model_missing_from_the_repository_fails_readiness_at_once(

@@ -26,7 +26,8 @@ from synthmedia.audio import (
     write_random_bytes,
     write_speech,
 )
-from synthmedia.avatar import write_avatar_video, write_video_without_audio
+from synthmedia.avatar import mouth_region, write_avatar_video, write_video_without_audio
+from synthmedia.contact_sheet import SheetLayout, pick_frames, write_contact_sheet
 
 # Lossy codecs add priming/padding samples (AAC 1024, Opus 312, MP3 1105 + frame rounding).
 CODEC_PADDING_S = 0.1
@@ -297,3 +298,26 @@ def test_demo_command_writes_avatar_and_speech(
     assert (frames[0].width, frames[0].height) == (384, 384)
     samples, rate = read_wav(tmp_path / "speech.wav")
     assert samples.size == 2 * rate
+
+
+def test_contact_sheet_is_a_png_of_the_promised_size(tmp_path: Path) -> None:
+    video = tmp_path / "talking.mp4"
+    write_avatar_video(video, seconds=1.0, fps=25, size=(160, 120), audio=True)
+    sheet = tmp_path / "sheet.png"
+    region = mouth_region((160, 120))
+    size = write_contact_sheet(video, sheet, region, frames=5, columns=3)
+    layout = SheetLayout(frames=5, columns=3, frame_size=(160, 120), region=region)
+    image = cv2.imread(str(sheet))
+    assert image is not None and sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (image.shape[1], image.shape[0]) == size == layout.size
+    assert layout.rows == 2 and pick_frames(25, 5) == [0, 6, 12, 18, 24]
+
+
+def test_contact_sheet_command_refuses_a_region_outside_the_video(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    video = tmp_path / "avatar.mp4"
+    write_avatar_video(video, seconds=0.2, fps=25, size=(96, 96))
+    out = tmp_path / "sheet.png"
+    assert synthmedia_main(["contact-sheet", str(video), str(out), "--region", "90,90,20,20"]) == 2
+    assert "not inside the 96x96 video" in capsys.readouterr().err and not out.exists()
