@@ -26,6 +26,7 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2
+from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from modelkit.errors import ModelBuildError
 from modelkit.repository import model_dirs, read_config, write_config
@@ -50,7 +51,6 @@ ENV_TENSORRT_CACHE_DIR = "TRITON_TENSORRT_CACHE_DIR"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("", "0", "false", "no", "off")
 
-ModelConfig = model_config_pb2.ModelConfig
 KIND_GPU = model_config_pb2.ModelInstanceGroup.KIND_GPU
 MessageT = TypeVar("MessageT", bound=Message)
 

@@ -175,6 +175,7 @@ def encode_audio_track(
     """Add an audio stream to `container` and encode float32 [channels, n] samples into it."""
     layout = _layout(planar.shape[0])
     stream = container.add_stream(codec, rate=codec_rate, layout=layout)
+    assert isinstance(stream, av.AudioStream), f"{codec} is an audio codec"
     for start in range(0, planar.shape[1], _ENCODE_CHUNK):
         frame = audio_frame(planar[:, start : start + _ENCODE_CHUNK], sample_rate, start)
         container.mux(stream.encode(frame))

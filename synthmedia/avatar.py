@@ -93,6 +93,7 @@ def write_avatar_video(
 
     with av.open(str(path), "w") as container:
         video = container.add_stream(codec, rate=rate, options=_ENCODER_OPTIONS.get(codec, {}))
+        assert isinstance(video, av.VideoStream), f"{codec} is a video codec"
         video.width, video.height, video.pix_fmt = stored_width, stored_height, pix_fmt
         time_base = _VFR_TIME_BASE if vfr else 1 / rate
         video.codec_context.time_base = time_base
@@ -200,7 +201,9 @@ class _SpeechTrack:
         codec = _AUDIO_CODEC[suffix]
         codec_rate = _OPUS_RATE if codec == "libopus" else _AUDIO_RATE
         self._container = container
-        self._stream = container.add_stream(codec, rate=codec_rate, layout="mono")
+        stream = container.add_stream(codec, rate=codec_rate, layout="mono")
+        assert isinstance(stream, av.AudioStream), f"{codec} is an audio codec"
+        self._stream = stream
         self._samples = voiced_speech(seconds, sample_rate=_AUDIO_RATE)
         self._written = 0
 

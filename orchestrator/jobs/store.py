@@ -47,6 +47,10 @@ class JobRecord:
     state: str = QUEUED
     client_code: str | None = None  # HeyGem's `code`, unique when set
     webhook_url: str | None = None
+    audio_name: str | None = None  # the inputs as the client named them, for messages
+    video_name: str | None = None
+    watermark: bool = False  # draw the visible watermark (HeyGem's watermark_switch)
+    super_resolution: bool = False  # asked for (HeyGem's chaofen); no model here applies it
     attempts: int = 0  # how many times the job was started
     started_at: float | None = None
     finished_at: float | None = None
@@ -80,11 +84,15 @@ class AvatarRecord:
     seq: int = 0
 
 
-def _from_json(cls: type[T], body: str, seq: int) -> T:
+# The two record types the store reads back; both are dataclasses with a `seq`.
+RecordT = TypeVar("RecordT", JobRecord, AvatarRecord)
+
+
+def _from_json(cls: type[RecordT], body: str, seq: int) -> RecordT:
     data = json.loads(body)
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    known = {f.name for f in fields(cls)}
     record = cls(**{k: v for k, v in data.items() if k in known})
-    record.seq = seq  # type: ignore[attr-defined]
+    record.seq = seq
     return record
 
 
@@ -94,10 +102,12 @@ class JobStore(Protocol):
     async def get_job(self, job_id: str) -> JobRecord | None: ...
     async def job_by_code(self, code: str) -> JobRecord | None: ...
     async def delete_job(self, job_id: str) -> None: ...
+    async def set_job_stage(self, job_id: str, stage: str) -> None: ...
     async def list_jobs(
         self, state: str | None, before_seq: int | None, limit: int
     ) -> list[JobRecord]: ...
     async def jobs_in(self, states: tuple[str, ...]) -> list[JobRecord]: ...
+    async def jobs_finished_before(self, when: float, limit: int) -> list[JobRecord]: ...
     async def count_jobs(self) -> dict[str, int]: ...
     async def avatar_in_use(self, avatar_id: str) -> bool: ...
     async def add_avatar(self, avatar: AvatarRecord) -> AvatarRecord: ...
@@ -195,11 +205,21 @@ class SqliteStore:
     async def delete_job(self, job_id: str) -> None:
         await self._run(self._sql, "DELETE FROM jobs WHERE id=?", (job_id,))
 
+    async def set_job_stage(self, job_id: str, stage: str) -> None:
+        """Records the stage a running job has reached, so a job cut off by a crash is
+        reported in the stage it was in; a job that has ended meanwhile is left alone."""
+        await self._run(
+            self._sql,
+            "UPDATE jobs SET body=json_set(body, '$.stage', ?) WHERE id=? AND state=?",
+            (stage, job_id, RUNNING),
+        )
+
     async def list_jobs(
         self, state: str | None, before_seq: int | None, limit: int
     ) -> list[JobRecord]:
         """Newest first; `before_seq` is the cursor of the previous page."""
-        where, params = ["1=1"], []
+        where: list[str] = ["1=1"]
+        params: list[str | int] = []
         if state is not None:
             where.append("state=?")
             params.append(state)
@@ -215,6 +235,17 @@ class SqliteStore:
         marks = ",".join("?" * len(states))
         rows = await self._run(
             self._sql, f"SELECT body, seq FROM jobs WHERE state IN ({marks}) ORDER BY seq", states
+        )
+        return [_from_json(JobRecord, *row) for row in rows]
+
+    async def jobs_finished_before(self, when: float, limit: int) -> list[JobRecord]:
+        """Jobs in a final state that finished before `when` (epoch seconds), oldest first."""
+        marks = ",".join("?" * len(TERMINAL_STATES))
+        rows = await self._run(
+            self._sql,
+            f"SELECT body, seq FROM jobs WHERE state IN ({marks}) "
+            "AND json_extract(body, '$.finished_at') < ? ORDER BY seq LIMIT ?",
+            (*TERMINAL_STATES, when, limit),
         )
         return [_from_json(JobRecord, *row) for row in rows]
 

@@ -1,77 +1,103 @@
-"""The JSON shape of a job and of an avatar: what GET answers and what a webhook posts."""
+"""The JSON shape of a job and of an avatar: what GET answers and what a webhook posts.
+
+The shapes are the API's models (orchestrator.api.schemas); this module maps the store's
+records onto them.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
+from orchestrator.api.schemas import (
+    AvatarDocument,
+    AvatarLinks,
+    AvatarState,
+    ErrorDetail,
+    JobDocument,
+    JobLinks,
+    JobResult,
+    JobState,
+    Progress,
+    WebhookOutcome,
+)
 from orchestrator.jobs.store import RUNNING, SUCCEEDED, AvatarRecord, JobRecord
-from orchestrator.pipeline.runner import Progress
+from orchestrator.pipeline.runner import Progress as LiveProgress
 
 
-def _time(epoch: float | None) -> str | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
+def _time(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+def _error(record: dict[str, str] | None) -> ErrorDetail | None:
+    return None if record is None else ErrorDetail.model_validate(record)
 
 
 def job_links(job_id: str) -> dict[str, str]:
     return {"self": f"/v1/jobs/{job_id}", "result": f"/v1/jobs/{job_id}/result"}
 
 
-def job_progress(job: JobRecord, live: Progress | None) -> dict[str, Any]:
+def job_progress(job: JobRecord, live: LiveProgress | None) -> Progress:
     """Frames done and total, frames/s and ETA; live figures while the job runs."""
     if live is not None and job.state == RUNNING:
         eta = live.eta_seconds
-        return {
-            "stage": live.stage,
-            "frames_done": live.frames_done,
-            "frames_total": live.frames_total,
-            "frames_per_second": round(live.frames_per_second, 2),
-            "eta_seconds": None if eta is None else round(eta, 2),
-        }
-    return {
-        "stage": job.stage,
-        "frames_done": job.frames_done,
-        "frames_total": job.frames_total,
-        "frames_per_second": round(job.frames_per_second, 2),
-        "eta_seconds": 0.0 if job.state == SUCCEEDED else None,
-    }
+        return Progress(
+            stage=live.stage,
+            frames_done=live.frames_done,
+            frames_total=live.frames_total,
+            frames_per_second=round(live.frames_per_second, 2),
+            eta_seconds=None if eta is None else round(eta, 2),
+        )
+    return Progress(
+        stage=job.stage,
+        frames_done=job.frames_done,
+        frames_total=job.frames_total,
+        frames_per_second=round(job.frames_per_second, 2),
+        eta_seconds=0.0 if job.state == SUCCEEDED else None,
+    )
 
 
-def job_document(job: JobRecord, live: Progress | None = None) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "state": job.state,
-        "avatar_id": job.avatar_id if job.registered_avatar else None,
-        "created_at": _time(job.created_at),
-        "started_at": _time(job.started_at),
-        "finished_at": _time(job.finished_at),
-        "attempts": job.attempts,
-        "audio_seconds": round(job.audio_seconds, 3),
-        "deadline_seconds": job.deadline_s,
-        "progress": job_progress(job, live),
-        "stage_seconds": {k: round(v, 3) for k, v in job.stage_seconds.items()},
-        "result": job.result,
-        "error": job.error,
-        "webhook": job.webhook if job.webhook_url else None,
-        "client_code": job.client_code,
-        "links": job_links(job.id),
-    }
+def job_document(job: JobRecord, live: LiveProgress | None = None) -> JobDocument:
+    created_at = _time(job.created_at)
+    assert created_at is not None
+    return JobDocument(
+        id=job.id,
+        state=JobState(job.state),
+        avatar_id=job.avatar_id if job.registered_avatar else None,
+        created_at=created_at,
+        started_at=_time(job.started_at),
+        finished_at=_time(job.finished_at),
+        attempts=job.attempts,
+        audio_seconds=round(job.audio_seconds, 3),
+        deadline_seconds=job.deadline_s,
+        progress=job_progress(job, live),
+        stage_seconds={k: round(v, 3) for k, v in job.stage_seconds.items()},
+        result=None if job.result is None else JobResult.model_validate(job.result),
+        error=_error(job.error),
+        webhook=WebhookOutcome.model_validate(job.webhook)
+        if job.webhook is not None and job.webhook_url
+        else None,
+        client_code=job.client_code,
+        links=JobLinks.model_validate(job_links(job.id)),
+    )
 
 
-def avatar_document(avatar: AvatarRecord) -> dict[str, Any]:
-    return {
-        "id": avatar.id,
-        "state": avatar.state,
-        "name": avatar.source_name,
-        "created_at": _time(avatar.created_at),
-        "finished_at": _time(avatar.finished_at),
-        "frames": avatar.frames,
-        "frames_decoded": avatar.frames_seen,
-        "fps": avatar.fps,
-        "width": avatar.width,
-        "height": avatar.height,
-        "frames_with_face": avatar.frames_with_face,
-        "detected_frames": avatar.detected_frames,
-        "error": avatar.error,
-        "links": {"self": f"/v1/avatars/{avatar.id}"},
-    }
+def avatar_document(avatar: AvatarRecord, frames_decoded: int | None = None) -> AvatarDocument:
+    """`frames_decoded`: the live count while the avatar is being prepared."""
+    created_at = _time(avatar.created_at)
+    assert created_at is not None
+    return AvatarDocument(
+        id=avatar.id,
+        state=AvatarState(avatar.state),
+        name=avatar.source_name,
+        created_at=created_at,
+        finished_at=_time(avatar.finished_at),
+        frames=avatar.frames,
+        frames_decoded=avatar.frames_seen if frames_decoded is None else frames_decoded,
+        fps=avatar.fps,
+        width=avatar.width,
+        height=avatar.height,
+        frames_with_face=avatar.frames_with_face,
+        detected_frames=avatar.detected_frames,
+        error=_error(avatar.error),
+        links=AvatarLinks(self=f"/v1/avatars/{avatar.id}"),
+    )

@@ -176,7 +176,9 @@ def _mel_filterbank() -> np.ndarray:
     """float32 [MEL_BANDS, N_FFT // 2 + 1], as librosa.filters.mel(htk=False, norm='slaney')."""
     fft_hz = np.linspace(0.0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
     mel_edges = np.linspace(
-        _hz_to_mel(np.float64(FMIN_HZ)), _hz_to_mel(np.float64(FMAX_HZ)), MEL_BANDS + 2
+        _hz_to_mel(np.asarray(FMIN_HZ, np.float64)),
+        _hz_to_mel(np.asarray(FMAX_HZ, np.float64)),
+        MEL_BANDS + 2,
     )
     edges_hz = _mel_to_hz(mel_edges)
     widths = np.diff(edges_hz)

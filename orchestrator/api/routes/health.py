@@ -4,12 +4,19 @@ serves with)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from orchestrator.api.deps import ServiceDep
+from orchestrator.api.schemas import (
+    ErrorDetail,
+    Healthz,
+    ModelServing,
+    NotReady,
+    Readiness,
+    SystemReport,
+)
 from orchestrator.system import system_report
 from orchestrator.triton import ModelSpec
 
@@ -19,17 +26,18 @@ system_router = APIRouter(tags=["health"])
 READY_PROBE_S = 5.0
 
 
-@router.get("/healthz", summary="The process is alive")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", response_model=Healthz, summary="The process is alive")
+async def healthz() -> Healthz:
+    return Healthz(status="ok")
 
 
 @router.get(
     "/readyz",
+    response_model=Readiness,
     summary="Triton is ready and every model serves the tensors the pipeline needs",
-    responses={503: {"description": "not ready, with the reasons"}},
+    responses={503: {"model": NotReady, "description": "not ready, with the reasons"}},
 )
-async def readyz(service: ServiceDep) -> JSONResponse:
+async def readyz(service: ServiceDep) -> Readiness | JSONResponse:
     engine = service.engine
     try:
         async with asyncio.timeout(READY_PROBE_S):
@@ -37,33 +45,32 @@ async def readyz(service: ServiceDep) -> JSONResponse:
     except TimeoutError:
         problems = [f"Triton did not answer within {READY_PROBE_S:g} s"]
     if problems:
-        return JSONResponse(
-            {
-                "ready": False,
-                "problems": problems,
-                "error": {"stage": "readiness", "message": "; ".join(problems)},
-            },
-            status_code=503,
+        not_ready = NotReady(
+            ready=False,
+            problems=problems,
+            error=ErrorDetail(stage="readiness", message="; ".join(problems)),
         )
+        return JSONResponse(not_ready.model_dump(mode="json"), status_code=503)
     served = engine.served
-    return JSONResponse(
-        {
-            "ready": True,
-            "models": {
-                served.lipsync.name: {**_summary(served.lipsync), "face_size": served.face_size},
-                served.detector.name: _summary(served.detector),
-            },
-        }
+    lipsync = _serving(served.lipsync)
+    lipsync.face_size = served.face_size
+    return Readiness(
+        ready=True,
+        models={served.lipsync.name: lipsync, served.detector.name: _serving(served.detector)},
     )
 
 
-@system_router.get("/v1/system", summary="GPUs, Triton's version, how each model is served")
-async def system(service: ServiceDep) -> dict[str, Any]:
-    return await system_report(service.engine)
+@system_router.get(
+    "/v1/system",
+    response_model=SystemReport,
+    summary="GPUs, Triton's version, how each model is served",
+)
+async def system(service: ServiceDep) -> SystemReport:
+    return SystemReport.model_validate(await system_report(service.engine))
 
 
-def _summary(spec: ModelSpec) -> dict[str, Any]:
-    return {
-        "max_batch_size": spec.max_batch_size,
-        "instances": [f"{g.count}x{g.kind}" for g in spec.instance_groups],
-    }
+def _serving(spec: ModelSpec) -> ModelServing:
+    return ModelServing(
+        max_batch_size=spec.max_batch_size,
+        instances=[f"{g.count}x{g.kind}" for g in spec.instance_groups],
+    )

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any
+import binascii
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 
 from orchestrator.api.deps import Service, ServiceDep
 from orchestrator.api.intake import audio_check, submit_job, video_check
+from orchestrator.api.schemas import JobDocument, JobPage, JobState, error_responses
 from orchestrator.api.uploads import receive_form
 from orchestrator.errors import BadInput, Conflict, NotFound
-from orchestrator.jobs.store import ACTIVE_STATES, JOB_STATES, SUCCEEDED, JobRecord
+from orchestrator.jobs.store import ACTIVE_STATES, SUCCEEDED, JobRecord
 from orchestrator.jobs.views import job_document
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 STAGE = "jobs"
 PAGE_DEFAULT, PAGE_MAX = 50, 500
+# Cursors are row sequence numbers: SQLite's INTEGER is a signed 64-bit value.
+MAX_CURSOR_SEQ = 2**63 - 1
+# A cursor this server hands out is a base64 number; anything longer is not one.
+MAX_CURSOR_CHARS = 32
+MP4_BODY = {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}
 
 
 async def _job(service: Service, job_id: str) -> JobRecord:
@@ -27,14 +34,16 @@ async def _job(service: Service, job_id: str) -> JobRecord:
     return job
 
 
-def _document(service: Service, job: JobRecord) -> dict[str, Any]:
+def _document(service: Service, job: JobRecord) -> JobDocument:
     return job_document(job, service.scheduler.live_progress(job.id))
 
 
 @router.post(
     "",
     status_code=202,
+    response_model=JobDocument,
     summary="Submit a job: an audio file plus an avatar_id, or an audio file plus a video",
+    responses=error_responses(413, 422, 429),
     openapi_extra={
         "requestBody": {
             "content": {
@@ -55,7 +64,7 @@ def _document(service: Service, job: JobRecord) -> dict[str, Any]:
         }
     },
 )
-async def submit(request: Request, service: ServiceDep) -> JSONResponse:
+async def submit(request: Request, response: Response, service: ServiceDep) -> JobDocument:
     form = await receive_form(
         request,
         storage=service.storage,
@@ -75,36 +84,48 @@ async def submit(request: Request, service: ServiceDep) -> JSONResponse:
             video_content_id=video.content_id if video else None,
             avatar_id=form.fields.get("avatar_id") or None,
             webhook_url=form.fields.get("webhook_url") or None,
+            audio_name=audio.filename,
+            video_name=video.filename if video else None,
         )
     except BaseException:
         for received in form.files.values():
             await service.storage.discard(received.path)
         raise
-    return JSONResponse(
-        _document(service, job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"}
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return _document(service, job)
+
+
+@router.get(
+    "",
+    response_model=JobPage,
+    summary="List jobs, newest first, with a state filter and cursor paging",
+    responses=error_responses(422),
+)
+async def list_jobs(
+    service: ServiceDep,
+    state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=MAX_CURSOR_CHARS, description="next_cursor of the previous page"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
+) -> JobPage:
+    before = _decode_cursor(cursor) if cursor else None
+    jobs = await service.store.list_jobs(state.value if state else None, before, limit + 1)
+    page, more = jobs[:limit], len(jobs) > limit
+    return JobPage(
+        items=[_document(service, job) for job in page],
+        next_cursor=_encode_cursor(page[-1].seq) if more and page else None,
     )
 
 
-@router.get("", summary="List jobs, newest first, with a state filter and cursor paging")
-async def list_jobs(
-    service: ServiceDep,
-    state: Annotated[str | None, Query(description="queued, running, succeeded, ...")] = None,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
-    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
-) -> dict[str, Any]:
-    if state is not None and state not in JOB_STATES:
-        raise BadInput("request", f"state must be one of {', '.join(JOB_STATES)}")
-    before = _decode_cursor(cursor) if cursor else None
-    jobs = await service.store.list_jobs(state, before, limit + 1)
-    page, more = jobs[:limit], len(jobs) > limit
-    return {
-        "items": [_document(service, job) for job in page],
-        "next_cursor": _encode_cursor(page[-1].seq) if more and page else None,
-    }
-
-
-@router.get("/{job_id}", summary="State, progress, time per stage, and the error if it failed")
-async def get_job(job_id: str, service: ServiceDep) -> dict[str, Any]:
+@router.get(
+    "/{job_id}",
+    response_model=JobDocument,
+    summary="State, progress, time per stage, and the error if it failed",
+    responses=error_responses(404, 422),
+)
+async def get_job(job_id: str, service: ServiceDep) -> JobDocument:
     return _document(service, await _job(service, job_id))
 
 
@@ -112,6 +133,12 @@ async def get_job(job_id: str, service: ServiceDep) -> dict[str, Any]:
     "/{job_id}/result",
     summary="The rendered MP4 (supports Range requests)",
     response_class=FileResponse,
+    responses={
+        200: {"content": MP4_BODY, "description": "the whole MP4"},
+        206: {"content": MP4_BODY, "description": "the part a Range header asked for"},
+        416: {"description": "the Range is outside the file"},
+        **error_responses(404, 409, 422),
+    },
 )
 async def get_result(job_id: str, service: ServiceDep) -> FileResponse:
     job = await _job(service, job_id)
@@ -126,14 +153,19 @@ async def get_result(job_id: str, service: ServiceDep) -> FileResponse:
 
 @router.delete(
     "/{job_id}",
+    response_model=JobDocument,
     summary="Cancel a queued or running job; a finished job is deleted with its result",
-    responses={200: {"description": "cancelled"}, 204: {"description": "deleted"}},
+    responses={
+        200: {"description": "cancelled: the job, now in state cancelled"},
+        204: {"description": "deleted: the job had finished"},
+        **error_responses(404, 422),
+    },
 )
-async def delete_job(job_id: str, service: ServiceDep) -> Response:
+async def delete_job(job_id: str, service: ServiceDep) -> JobDocument | Response:
     job = await _job(service, job_id)
     if job.state in ACTIVE_STATES:
         cancelled = await service.scheduler.cancel(job_id)
-        return JSONResponse(_document(service, cancelled))
+        return _document(service, cancelled)
     await service.store.delete_job(job_id)
     await service.storage.remove_job(job_id)
     return Response(status_code=204)
@@ -144,8 +176,13 @@ def _encode_cursor(seq: int) -> str:
 
 
 def _decode_cursor(cursor: str) -> int:
+    refused = BadInput("request", "cursor is not one this server handed out")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        return int(base64.urlsafe_b64decode(padded.encode()).decode())
-    except (ValueError, UnicodeDecodeError):
-        raise BadInput("request", "cursor is not one this server handed out") from None
+        seq = int(base64.urlsafe_b64decode(padded.encode()).decode())
+    except (ValueError, UnicodeError, binascii.Error):
+        raise refused from None
+    # Out of range it would reach SQLite and fail there (OverflowError), not here.
+    if not 0 <= seq <= MAX_CURSOR_SEQ:
+        raise refused
+    return seq

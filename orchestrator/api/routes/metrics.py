@@ -13,7 +13,17 @@ from orchestrator.jobs.store import AVATAR_STATES
 router = APIRouter(tags=["health"])
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def metrics(service: ServiceDep) -> Response:
     jobs = await service.store.count_jobs()
     avatars = Counter(a.state for a in await service.store.list_avatars())

@@ -1,0 +1,204 @@
+"""The shapes the REST API answers with: every route's `response_model`, and so the
+contract `/openapi.json` publishes (the fuzz in tests/api/test_fuzz.py holds the server
+to it, and tests/api/test_openapi_docs.py holds docs/api.md to it).
+
+The store keeps states as plain strings; `JobState` and `AvatarState` are the same
+strings as an enum, so the schema lists them (tests/api/test_openapi_docs.py checks the
+two stay equal).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class AvatarState(StrEnum):
+    PREPARING = "preparing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class ErrorDetail(BaseModel):
+    stage: str = Field(description="the part of the service that refused or failed")
+    message: str = Field(description="why, for a human; never empty")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer of the /v1 routes."""
+
+    error: ErrorDetail
+
+
+class Progress(BaseModel):
+    stage: str | None = Field(description="decode, avatar, drive, infer, composite or encode")
+    frames_done: int
+    frames_total: int = Field(description="0 until the audio's length is known")
+    frames_per_second: float
+    eta_seconds: float | None = Field(description="null while unknown; 0 once succeeded")
+
+
+class JobLinks(BaseModel):
+    self: str
+    result: str = Field(description="the MP4, once the job has succeeded")
+
+
+class JobResult(BaseModel):
+    # The scheduler writes this record; extra keys it may add later pass through.
+    model_config = ConfigDict(extra="allow")
+
+    frames: int
+    fps: float
+    width: int
+    height: int
+    audio_seconds: float
+    frames_without_face: int
+    wall_seconds: float
+    bytes: int
+
+
+class WebhookOutcome(BaseModel):
+    """How the completion webhook went; written once its deliveries are over."""
+
+    model_config = ConfigDict(extra="allow")
+
+    url: str
+    delivered: bool
+    attempts: int
+    status_code: int | None = Field(None, description="the receiver's last HTTP status")
+    error: str | None = Field(None, description="why the last delivery failed")
+    at: float | None = Field(None, description="epoch seconds of the last attempt")
+
+
+class JobDocument(BaseModel):
+    """A job, as GET /v1/jobs/{id} answers and as its webhook posts it."""
+
+    id: str
+    state: JobState
+    avatar_id: str | None = Field(description="the registered avatar; null for a one-off video")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int = Field(description="how many times the job was started")
+    audio_seconds: float
+    deadline_seconds: float
+    progress: Progress
+    stage_seconds: dict[str, float] = Field(description="busy seconds per pipeline stage")
+    result: JobResult | None
+    error: ErrorDetail | None
+    webhook: WebhookOutcome | None
+    client_code: str | None = Field(description="HeyGem's task code, for jobs from /easy")
+    links: JobLinks
+
+
+class JobPage(BaseModel):
+    items: list[JobDocument]
+    next_cursor: str | None = Field(description="the cursor of the next page; null on the last")
+
+
+class AvatarLinks(BaseModel):
+    self: str
+
+
+class AvatarDocument(BaseModel):
+    id: str = Field(description="content hash of the video")
+    state: AvatarState
+    name: str = Field(description="file name of the upload")
+    created_at: datetime
+    finished_at: datetime | None
+    frames: int | None
+    frames_decoded: int
+    fps: float | None
+    width: int | None
+    height: int | None
+    frames_with_face: int | None
+    detected_frames: int | None
+    error: ErrorDetail | None
+    links: AvatarLinks
+
+
+class AvatarPage(BaseModel):
+    items: list[AvatarDocument]
+
+
+class Healthz(BaseModel):
+    status: Literal["ok"]
+
+
+class ModelServing(BaseModel):
+    max_batch_size: int
+    instances: list[str] = Field(description="instance groups as COUNTxKIND")
+    face_size: int | None = Field(None, description="lipsync only: the face crop's side")
+
+
+class Readiness(BaseModel):
+    ready: Literal[True]
+    models: dict[str, ModelServing]
+
+
+class NotReady(BaseModel):
+    ready: Literal[False]
+    problems: list[str]
+    error: ErrorDetail
+
+
+class GpuReport(BaseModel):
+    index: int
+    name: str
+    memory_total_bytes: int
+    memory_used_bytes: int
+    utilization_percent: int
+
+
+class TritonReport(BaseModel):
+    url: str
+    version: str | None
+
+
+class InstanceGroupReport(BaseModel):
+    kind: str
+    count: int
+    gpus: list[int]
+
+
+class DynamicBatchingReport(BaseModel):
+    preferred_batch_sizes: list[int]
+    max_queue_delay_us: int
+    max_queue_size: int
+
+
+class ModelReport(BaseModel):
+    name: str
+    platform: str
+    versions: list[str]
+    max_batch_size: int
+    instance_groups: list[InstanceGroupReport]
+    dynamic_batching: DynamicBatchingReport
+    inputs: dict[str, str] = Field(description="tensor name: datatype and shape")
+    outputs: dict[str, str]
+
+
+class SystemReport(BaseModel):
+    gpus: list[GpuReport]
+    nvml: str = Field(description="'ok', or NVML's reason for seeing no GPU")
+    triton: TritonReport
+    models: list[ModelReport]
+    triton_metrics: dict[str, dict[str, float]] = Field(description="per model, from :8002")
+    triton_metrics_error: str | None
+    readiness_problems: list[str]
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entry of a route for the error statuses it can answer."""
+    return {status: {"model": ErrorBody} for status in statuses}
