@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.errors import BadInput, PipelineError
+from orchestrator.errors import BadInput, PipelineError, describe
 from orchestrator.pipeline.runner import Engine
 from orchestrator.progress import ProgressBar, summary
 from orchestrator.settings import Settings
@@ -79,19 +79,46 @@ async def _preflight(settings: Settings) -> None:
         pass
 
 
+# Largest request line plus headers uvicorn buffers (h11's own default, stated): a client
+# cannot make the server hold more for one request before the body starts.
+MAX_HEADER_BYTES = 16 * 1024
+
+
 def serve(settings: Settings) -> None:
     """The REST service under uvicorn; SIGINT/SIGTERM stop it gracefully."""
+    import ipaddress
+
     import uvicorn
 
     from orchestrator.api.app import create_app
     from orchestrator.logs import configure_logging
 
+    # First, before anything starts: an open port with no key is anyone's GPU.
+    host = settings.host.strip().strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost, or "": not known to stay local
+        loopback = False
+    if not (loopback or settings.api_key or settings.trusted_network):
+        raise BadInput(
+            "serve",
+            f"refusing to listen on {settings.host or 'every address'} without an API key: "
+            "set DH_API_KEY, or DH_TRUSTED_NETWORK=true if only trusted clients can reach it",
+        )
     configure_logging(settings.log_json)
     # Triton, the models' contracts and the GPU guard are checked before uvicorn starts:
     # a misconfigured host then fails with one line, not a lifespan traceback.
     asyncio.run(_preflight(settings))
-    # log_config=None: uvicorn's loggers go through the handler configured above.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # uvicorn's loggers go through the handler configured above
+        timeout_keep_alive=settings.keep_alive_s,
+        limit_concurrency=settings.max_connections,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a bug, not bad input: one line here, the traceback in the log
         logging.getLogger(__name__).debug("internal fault", exc_info=True)
-        print(f"dh: internal fault: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"dh: internal fault: {describe(exc)}", file=sys.stderr)
         return 1
     return 0
 

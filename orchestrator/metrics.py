@@ -23,6 +23,7 @@ JOB_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
 STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1200)
 # One Triton request: milliseconds on a GPU, up to seconds on the CPU test server.
 TRITON_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+CLEANUP_KINDS = ("job", "result", "partial_avatar", "orphan")
 
 
 class ServiceMetrics:
@@ -51,6 +52,16 @@ class ServiceMetrics:
             registry=r,
         )
         self.frames = Counter("dh_frames_processed", "Output frames rendered", registry=r)
+        self.cleaned = Counter(
+            "dh_cleanup_removed",
+            "What start-up cleanup and retention removed: job (expired rows), result (their "
+            "result files), partial_avatar (interrupted preparations), orphan (job and avatar "
+            "folders with no row)",
+            ["kind"],
+            registry=r,
+        )
+        for kind in CLEANUP_KINDS:  # every series present from the start, at 0
+            self.cleaned.labels(kind)
         self.triton_in_flight = Gauge(
             "dh_triton_requests_in_flight", "Triton requests outstanding", ["model"], registry=r
         )
@@ -82,6 +93,10 @@ class ServiceMetrics:
     def frames_rendered(self, count: int) -> None:
         """Counted as frames are encoded, so a frames-per-second graph is live, not lumpy."""
         self.frames.inc(count)
+
+    def removed(self, kind: str, count: int = 1) -> None:
+        """Counts what cleanup removed; `kind` is one of the label values above."""
+        self.cleaned.labels(kind).inc(count)
 
     def set_counts(self, jobs: dict[str, int], avatars: dict[str, int], running: int) -> None:
         for state, count in jobs.items():

@@ -24,6 +24,9 @@ from typing import Protocol, TypeVar
 T = TypeVar("T")
 
 RESULT_NAME = "result.mp4"
+# Scratch folders of avatar preparations: orchestrator.pipeline.avatar names them
+# ".<avatar_id>.<random>.partial" and renames them into place when done.
+PARTIAL_AVATAR_SUFFIX = ".partial"
 # A name from a client is kept only for these characters, to be safe in a path.
 _SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _MAX_SUFFIX = 10
@@ -50,6 +53,9 @@ class Storage(Protocol):
     async def remove_job_inputs(self, job_id: str) -> None: ...
     async def remove_avatar_cache(self, avatar_id: str) -> None: ...
     async def remove_avatar(self, avatar_id: str) -> None: ...
+    async def job_ids(self) -> list[str]: ...
+    async def avatar_source_ids(self) -> list[str]: ...
+    async def remove_partial_avatars(self) -> list[str]: ...
 
 
 class LocalStorage:
@@ -113,8 +119,33 @@ class LocalStorage:
         await self._in_pool(_remove, self.avatar_source_dir(avatar_id))
         await self.remove_avatar_cache(avatar_id)
 
+    async def job_ids(self) -> list[str]:
+        """Ids of the job folders on disk (start-up cleanup compares them with the rows)."""
+        return await self._in_pool(_folders, self.root / "jobs")
+
+    async def avatar_source_ids(self) -> list[str]:
+        return await self._in_pool(_folders, self.root / "avatar-sources")
+
+    async def remove_partial_avatars(self) -> list[str]:
+        """Removes the scratch folders of avatar preparations that were cut off (the
+        pipeline renames a finished one into place, so a leftover is never finished).
+        Call only while nothing prepares avatars: at start-up."""
+
+        def remove() -> list[str]:
+            avatars = self.data_dir / "avatars"
+            found = sorted(avatars.glob(f".*{PARTIAL_AVATAR_SUFFIX}")) if avatars.is_dir() else []
+            for leftover in found:
+                _remove(leftover)
+            return [leftover.name for leftover in found]
+
+        return await self._in_pool(remove)
+
     async def _in_pool(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+
+def _folders(parent: Path) -> list[str]:
+    return sorted(entry.name for entry in parent.iterdir() if entry.is_dir())
 
 
 def _remove(path: Path) -> None:

@@ -6,27 +6,35 @@ here the body is parsed chunk by chunk (python-multipart's push parser), the byt
 stops the upload the moment it is crossed, and each file's own check (audio length,
 video size) runs on the partial file at a few points so an over-limit upload is refused
 long before it completes.
+
+A client that stops sending cannot hold the request: each wait for the next chunk has a
+cutoff (UploadPace), and a body that misses it is answered 408 and its files removed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from orchestrator.errors import BadInput, LimitExceeded
+from orchestrator.settings import Settings
 from orchestrator.storage import Storage, safe_suffix
+
+if TYPE_CHECKING:  # python-multipart declares its callback types for checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 STAGE = "upload"
 PAYLOAD_TOO_LARGE = 413
+REQUEST_TIMEOUT = 408
 # Sizes at which a file still streaming in is checked: most containers carry their header
 # in the first few hundred KiB; the later points catch headers that come later.
 PARTIAL_CHECK_AT = (256 * 1024, 4 * 1024**2, 32 * 1024**2)
@@ -36,8 +44,44 @@ MAX_PARTS = 16
 # Size of the content id: the same hash prefix the pipeline's avatar cache uses.
 CONTENT_ID_HEX = 32
 
-# (path, partial) -> None; raises LimitExceeded or BadInput.
-FileCheck = Callable[[Path, bool], object]
+# (path, partial, the client's filename) -> None; raises LimitExceeded or BadInput.
+FileCheck = Callable[[Path, bool, str], object]
+
+
+@dataclass(frozen=True)
+class UploadPace:
+    """How slow a body may arrive (Apache mod_reqtimeout's MinRate rule): `grace_s`, plus one
+    second per `min_bytes_per_s` bytes received, never more than `deadline_s` in all."""
+
+    deadline_s: float
+    min_bytes_per_s: int
+    grace_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UploadPace:
+        return cls(
+            deadline_s=settings.upload_deadline_s,
+            min_bytes_per_s=settings.upload_min_bytes_per_s,
+            grace_s=settings.upload_rate_grace_s,
+        )
+
+    def allowed_s(self, received: int) -> float:
+        """Seconds since the start by which more bytes must have come."""
+        return min(self.deadline_s, self.grace_s + received / self.min_bytes_per_s)
+
+    def too_slow(self, received: int, elapsed_s: float) -> LimitExceeded:
+        if self.allowed_s(received) >= self.deadline_s:
+            why = f"took longer than this server's {self.deadline_s:g} s (DH_UPLOAD_DEADLINE_S)"
+        else:
+            why = (
+                f"arrived slower than {self.min_bytes_per_s} bytes/s after "
+                f"{self.grace_s:g} s (DH_UPLOAD_MIN_BYTES_PER_S, DH_UPLOAD_RATE_GRACE_S)"
+            )
+        return LimitExceeded(
+            STAGE,
+            f"the upload {why}: {received} bytes in {elapsed_s:.1f} s; it was dropped",
+            REQUEST_TIMEOUT,
+        )
 
 
 @dataclass
@@ -84,8 +128,10 @@ async def receive_form(
     pool: Executor,
     max_bytes: int,
     checks: dict[str, FileCheck],
+    pace: UploadPace | None = None,
 ) -> ReceivedForm:
-    """Reads a multipart/form-data body; file fields must be named in `checks`.
+    """Reads a multipart/form-data body; file fields must be named in `checks`. `pace`
+    defaults to the app's settings (DH_UPLOAD_*).
 
     On any error every staged file is removed before the error propagates."""
     declared = request.headers.get("content-length")
@@ -95,11 +141,13 @@ async def receive_form(
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
         raise BadInput(STAGE, "send the inputs as multipart/form-data")
+    if pace is None:
+        pace = UploadPace.from_settings(request.app.state.settings)
     receiver = _Receiver(storage, pool, checks)
     try:
         parser = MultipartParser(boundary, receiver.callbacks())
         received = 0
-        async for chunk in request.stream():
+        async for chunk in _paced(request, pace):
             received += len(chunk)
             if received > max_bytes:
                 raise too_large(max_bytes)
@@ -121,6 +169,24 @@ async def receive_form(
         raise
 
 
+async def _paced(request: Request, pace: UploadPace) -> AsyncIterator[bytes]:
+    """The body's chunks; LimitExceeded(408) once the next one is later than `pace` allows."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    received = 0
+    chunks = request.stream()
+    while True:
+        try:
+            async with asyncio.timeout_at(started + pace.allowed_s(received)):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise pace.too_slow(received, loop.time() - started) from None
+        received += len(chunk)
+        yield chunk
+
+
 class _Receiver:
     """Collects the parser's callbacks, then does the file I/O off the event loop."""
 
@@ -136,7 +202,7 @@ class _Receiver:
         self._header_field = b""
         self._header_value = b""
 
-    def callbacks(self) -> dict[str, Callable[..., None]]:
+    def callbacks(self) -> MultipartCallbacks:
         events = self._events
 
         def on_data(kind: str) -> Callable[[bytes, int, int], None]:
@@ -228,7 +294,7 @@ class _Receiver:
             part.next_check += len(crossed)
             await self._in_pool(sink.flush)
             assert part.path is not None
-            await self._in_pool(self.checks[part.name], part.path, True)
+            await self._in_pool(self.checks[part.name], part.path, True, part.filename)
 
     async def _close_part(self) -> None:
         part, self.current = self.current, None
@@ -241,7 +307,7 @@ class _Receiver:
         assert part.path is not None and part.filename is not None
         if part.size == 0:
             raise BadInput(STAGE, f"the file in field '{part.name}' is empty")
-        await self._in_pool(self.checks[part.name], part.path, False)
+        await self._in_pool(self.checks[part.name], part.path, False, part.filename)
         self.form.files[part.name] = ReceivedFile(
             field=part.name,
             filename=part.filename,
@@ -257,5 +323,5 @@ class _Receiver:
         for path in self.staged:
             await self.storage.discard(path)
 
-    async def _in_pool(self, fn: Callable[..., object], *args: object):  # type: ignore[no-untyped-def]
+    async def _in_pool(self, fn: Callable[..., Any], *args: object) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)

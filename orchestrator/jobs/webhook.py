@@ -3,6 +3,11 @@
 The outcome (delivered or not, attempts, last status or error) is recorded on the job, so
 a client that missed the call can see why. A delivery cut short by a shutdown is sent
 again after the restart (the job has a webhook URL and no recorded outcome).
+
+Where a webhook may go is orchestrator.outbound's rule: refused at submission when the URL
+alone tells (a private literal address, a host not listed), else refused at connection.
+A refused delivery records "refused: <reason>" and no status code or connection error, so
+the outcome cannot be used to probe which internal addresses and ports answer.
 """
 
 from __future__ import annotations
@@ -12,32 +17,22 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
 from orchestrator.errors import BadInput
 from orchestrator.jobs.store import JobRecord, JobStore
 from orchestrator.logs import current_job
+from orchestrator.outbound import check_url, webhook_policy
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
 STAGE = "webhook"
-WEBHOOK_SCHEMES = ("http", "https")
 
 
 def check_webhook_url(url: str, settings: Settings) -> str:
-    """The URL if a webhook may go there; BadInput otherwise."""
-    parts = urlsplit(url)
-    if parts.scheme not in WEBHOOK_SCHEMES or not parts.hostname:
-        raise BadInput(STAGE, f"webhook_url must be an http(s) URL with a host, got '{url}'")
-    allowed = settings.webhook_allowed_hosts
-    if allowed and parts.hostname not in allowed:
-        raise BadInput(
-            STAGE,
-            f"webhook host '{parts.hostname}' is not allowed (DH_WEBHOOK_ALLOWED_HOSTS: "
-            f"{', '.join(allowed)})",
-        )
+    """The URL if a webhook may go there as far as the URL tells; BadInput otherwise."""
+    check_url(url, webhook_policy(settings), "webhook_url")
     return url
 
 
@@ -46,7 +41,7 @@ class WebhookSender:
         self,
         settings: Settings,
         store: JobStore,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient,  # orchestrator.outbound.guarded_client(webhook_policy)
         document: Callable[[JobRecord], Awaitable[dict[str, Any]]],
     ) -> None:
         self.settings = settings
@@ -74,6 +69,7 @@ class WebhookSender:
         for attempt in range(1, self.settings.webhook_attempts + 1):
             outcome["attempts"] = attempt
             try:
+                check_webhook_url(job.webhook_url, self.settings)  # the settings may be newer
                 reply = await self.http.post(
                     job.webhook_url, json=payload, timeout=self.settings.webhook_timeout_s
                 )
@@ -83,6 +79,13 @@ class WebhookSender:
                     outcome.pop("error", None)
                     break
                 outcome["error"] = f"the receiver answered HTTP {reply.status_code}"
+            except BadInput as exc:  # OutboundRefused, or a stored URL that no longer parses
+                # Final: trying again would not change the answer, and nothing about the
+                # destination (status, connection error) is recorded.
+                outcome.pop("status_code", None)
+                outcome["error"] = f"refused: {exc.message}"
+                log.warning("webhook to %s refused: %s", job.webhook_url, exc.message)
+                break
             except httpx.HTTPError as exc:
                 outcome["error"] = (
                     f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,96 @@
+"""Nothing accumulates: what a killed process left is removed at start-up, and finished
+jobs expire.
+
+Start-up, before avatars are prepared or jobs run: the scratch folders of avatar
+preparations that were cut off (`.partial`), job folders with no job row and avatar source
+folders with no avatar row (a kill between moving the files and writing the row) are
+removed. Staged uploads are LocalStorage's own start-up clean.
+
+Retention: every DH_RETENTION_SWEEP_S, jobs that ended (succeeded, failed, cancelled) more
+than DH_RESULT_TTL ago are deleted, files first and then the row: a crash in between
+leaves a row the next sweep deletes, never a folder nobody knows. Everything removed is
+counted in `dh_cleanup_removed_total{kind}` and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from orchestrator.jobs.store import JobRecord, JobStore
+from orchestrator.metrics import ServiceMetrics
+from orchestrator.settings import Settings
+from orchestrator.storage import Storage
+
+log = logging.getLogger(__name__)
+# Rows read per query of a sweep; a sweep goes on until none is left.
+SWEEP_BATCH = 100
+
+
+class Retention:
+    def __init__(
+        self, settings: Settings, store: JobStore, storage: Storage, metrics: ServiceMetrics
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.metrics = metrics
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def clean_leftovers(self) -> None:
+        """Start-up only: nothing may be preparing an avatar or submitting a job yet."""
+        partial = await self.storage.remove_partial_avatars()
+        if partial:
+            log.warning("removed %d interrupted avatar preparations: %s", len(partial), partial)
+            self.metrics.removed("partial_avatar", len(partial))
+        orphans: list[str] = []
+        for job_id in await self.storage.job_ids():
+            if await self.store.get_job(job_id) is None:
+                await self.storage.remove_job(job_id)
+                orphans.append(f"jobs/{job_id}")
+        for avatar_id in await self.storage.avatar_source_ids():
+            if await self.store.get_avatar(avatar_id) is None:
+                # The source only: a prepared cache of the same video may serve a queued job.
+                await self.storage.discard(self.storage.avatar_source_dir(avatar_id))
+                orphans.append(f"avatar-sources/{avatar_id}")
+        if orphans:
+            log.warning("removed %d folders with no row: %s", len(orphans), orphans)
+            self.metrics.removed("orphan", len(orphans))
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_on_schedule(), name="retention")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+
+    async def sweep(self) -> int:
+        """Deletes every job that finished more than DH_RESULT_TTL ago; returns how many."""
+        cutoff = time.time() - self.settings.result_ttl.total_seconds()
+        removed = 0
+        while batch := await self.store.jobs_finished_before(cutoff, SWEEP_BATCH):
+            for job in batch:
+                await self._expire(job)
+            removed += len(batch)
+        if removed:
+            log.info("retention: removed %d jobs finished before the TTL", removed)
+        return removed
+
+    async def _expire(self, job: JobRecord) -> None:
+        had_result = self.storage.result_path(job.id).is_file()
+        await self.storage.remove_job(job.id)
+        await self.store.delete_job(job.id)
+        self.metrics.removed("job")
+        if had_result:
+            self.metrics.removed("result")
+
+    async def _sweep_on_schedule(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # one failed pass (a full disk, a locked file) must not end them all
+                log.exception("retention sweep failed; trying again at the next one")
+            # A schedule, not a wait for state: the sweep runs every interval, whatever happens.
+            await asyncio.sleep(self.settings.retention_sweep_s)
