@@ -1,9 +1,11 @@
 """Inputs named by reference (the HeyGem routes): a URL fetched, or a server-side path.
 
-A URL is fetched only when its scheme and host are allowed by the settings, never
-following redirects (a redirect could lead anywhere), streaming to a staged file under a
-byte limit. A path is accepted only inside `local_input_dir`, after resolving symlinks
-and `..`, and is copied so the job does not depend on the file staying there.
+A URL is fetched only when orchestrator.outbound's rule allows it (http(s), a host the
+settings allow, public addresses unless the host is listed), never following redirects
+(a redirect could lead anywhere), streaming to a staged file under a byte limit and one
+total deadline. A path is accepted only inside an allowed folder (`local_input_dir`, or
+HeyGem's data folder for /easy), after resolving symlinks and `..`, and is copied so the
+job does not depend on the file staying there.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import httpx
 
 from orchestrator.api.deps import Service
+from orchestrator.api.heygem import InputRoot, input_roots, resolve_input
 from orchestrator.api.uploads import CONTENT_ID_HEX, PAYLOAD_TOO_LARGE
 from orchestrator.errors import BadInput, LimitExceeded
+from orchestrator.outbound import OutboundRefused, check_url, fetch_policy
 from orchestrator.storage import safe_suffix
 
 STAGE = "fetch"
@@ -33,14 +37,19 @@ class StagedInput:
     name: str
 
 
-async def stage_input(reference: str, what: str, service: Service) -> StagedInput:
-    """`reference` (a URL or a server-side path) as a staged local file."""
+async def stage_input(
+    reference: str, what: str, service: Service, roots: list[InputRoot] | None = None
+) -> StagedInput:
+    """`reference` (a URL or a server-side path) as a staged local file. A path must lie
+    in one of `roots` (default: DH_LOCAL_INPUT_DIR only)."""
     reference = reference.strip()
     if not reference:
         raise BadInput(STAGE, f"{what} is empty")
     if "://" in reference:
         return await _fetch(reference, what, service)
-    return await _copy_local(reference, what, service)
+    if roots is None:
+        roots = input_roots(service.settings, heygem=False)
+    return await _copy_local(reference, what, service, roots)
 
 
 def _too_large(what: str, limit: int, setting: str) -> LimitExceeded:
@@ -52,77 +61,74 @@ def _too_large(what: str, limit: int, setting: str) -> LimitExceeded:
 
 
 async def _fetch(url: str, what: str, service: Service) -> StagedInput:
+    """The URL's body as a staged file, under orchestrator.outbound's rule (checked here for
+    a clear message, enforced again on the address connected to) and one total deadline:
+    DH_URL_FETCH_TIMEOUT_S bounds the whole fetch, so a server that drips a byte a second
+    cannot hold the request past it."""
     settings = service.settings
-    parts = urlsplit(url)
-    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
-    if scheme not in settings.url_fetch_allowed_schemes:
-        raise BadInput(
-            STAGE,
-            f"{what}: scheme '{scheme}' is not fetched (DH_URL_FETCH_ALLOWED_SCHEMES: "
-            f"{', '.join(settings.url_fetch_allowed_schemes) or 'none'})",
-        )
-    if host not in settings.url_fetch_allowed_hosts:
-        raise BadInput(
-            STAGE,
-            f"{what}: host '{host}' is not fetched (DH_URL_FETCH_ALLOWED_HOSTS: "
-            f"{', '.join(settings.url_fetch_allowed_hosts) or 'none'})",
-        )
-    limit = settings.url_fetch_max_bytes
+    parts = check_url(url, fetch_policy(settings), what)
+    deadline_s = settings.url_fetch_timeout_s
     path = service.storage.staging_path(safe_suffix(unquote(parts.path)))
-    hasher = hashlib.sha256()
-    loop = asyncio.get_running_loop()
     try:
-        async with service.http.stream(
-            "GET", url, timeout=settings.url_fetch_timeout_s, follow_redirects=False
-        ) as reply:
-            if reply.is_redirect:
-                raise BadInput(
-                    STAGE, f"{what}: {url} answered a redirect; redirects are not followed"
-                )
-            if not reply.is_success:
-                raise BadInput(
-                    STAGE, f"{what}: fetching {url} failed with HTTP {reply.status_code}"
-                )
-            declared = reply.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise _too_large(what, limit, "DH_URL_FETCH_MAX_BYTES")
-            size = 0
-            with path.open("wb") as sink:  # opening is instant; the writes go to the pool
-                async for chunk in reply.aiter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        raise _too_large(what, limit, "DH_URL_FETCH_MAX_BYTES")
-                    hasher.update(chunk)
-                    await loop.run_in_executor(service.io_pool, sink.write, chunk)
+        async with asyncio.timeout(deadline_s):
+            content_id = await _download(url, what, path, service)
+    except TimeoutError:
+        await service.storage.discard(path)
+        raise BadInput(
+            STAGE,
+            f"{what}: fetching {url} took longer than its deadline of {deadline_s:g} s "
+            "(DH_URL_FETCH_TIMEOUT_S)",
+        ) from None
+    except OutboundRefused as exc:
+        await service.storage.discard(path)
+        raise BadInput(STAGE, f"{what}: {exc.message}") from None
     except httpx.HTTPError as exc:
         await service.storage.discard(path)
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise BadInput(STAGE, f"{what}: fetching {url} failed ({reason})") from None
     except BaseException:
         await service.storage.discard(path)
         raise
+    return StagedInput(path, content_id, Path(parts.path).name)
+
+
+async def _download(url: str, what: str, path: Path, service: Service) -> str:
+    """Streams the body to `path` under the byte limit; returns its content id."""
+    limit = service.settings.url_fetch_max_bytes
+    hasher = hashlib.sha256()
+    loop = asyncio.get_running_loop()
+    async with service.http.stream(
+        "GET", url, timeout=service.settings.url_fetch_timeout_s, follow_redirects=False
+    ) as reply:
+        if reply.is_redirect:
+            raise BadInput(STAGE, f"{what}: {url} answered a redirect; redirects are not followed")
+        if not reply.is_success:
+            raise BadInput(STAGE, f"{what}: fetching {url} failed with HTTP {reply.status_code}")
+        declared = reply.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(what, limit, "DH_URL_FETCH_MAX_BYTES")
+        size = 0
+        with path.open("wb") as sink:  # opening is instant; the writes go to the pool
+            async for chunk in reply.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(what, limit, "DH_URL_FETCH_MAX_BYTES")
+                hasher.update(chunk)
+                await loop.run_in_executor(service.io_pool, sink.write, chunk)
     if size == 0:
-        await service.storage.discard(path)
         raise BadInput(STAGE, f"{what}: {url} returned no bytes")
-    return StagedInput(path, hasher.hexdigest()[:CONTENT_ID_HEX], Path(parts.path).name)
+    return hasher.hexdigest()[:CONTENT_ID_HEX]
 
 
-async def _copy_local(reference: str, what: str, service: Service) -> StagedInput:
+async def _copy_local(
+    reference: str, what: str, service: Service, roots: list[InputRoot]
+) -> StagedInput:
     settings = service.settings
-    base = settings.local_input_dir
-    if base is None:
-        raise BadInput(
-            STAGE,
-            f"{what}: '{reference}' is not a URL, and server-side paths are not accepted "
-            "here (DH_LOCAL_INPUT_DIR is not set)",
-        )
-    root = base.resolve()
-    source = (root / reference).resolve()  # an absolute reference replaces root
-    if not source.is_relative_to(root):
-        raise BadInput(STAGE, f"{what}: '{reference}' is outside the allowed input directory")
-    if not source.is_file():
-        raise BadInput(STAGE, f"{what}: no such file '{reference}' in the input directory")
-    size = source.stat().st_size
+    source = resolve_input(reference, what, roots)
+    try:
+        size = source.stat().st_size
+    except OSError as exc:
+        raise BadInput(STAGE, f"{what}: '{reference}' cannot be read ({exc})") from None
     if size > settings.max_upload_bytes:
         raise _too_large(what, settings.max_upload_bytes, "DH_MAX_UPLOAD_BYTES")
     path = service.storage.staging_path(safe_suffix(source.name))

@@ -23,12 +23,12 @@ async def in_pool(service: Service, fn: Callable[..., T], *args: object) -> T:
     return await asyncio.get_running_loop().run_in_executor(service.io_pool, fn, *args)
 
 
-def audio_check(service: Service) -> Callable[[Path, bool], AudioInfo | None]:
-    return lambda path, partial: check_audio(path, service.settings, partial)
+def audio_check(service: Service) -> Callable[[Path, bool, str], AudioInfo | None]:
+    return lambda path, partial, name: check_audio(path, service.settings, partial, name)
 
 
-def video_check(service: Service) -> Callable[[Path, bool], VideoInfo | None]:
-    return lambda path, partial: check_video(path, service.settings, partial)
+def video_check(service: Service) -> Callable[[Path, bool, str], VideoInfo | None]:
+    return lambda path, partial, name: check_video(path, service.settings, partial, name)
 
 
 async def submit_job(
@@ -40,14 +40,19 @@ async def submit_job(
     avatar_id: str | None,
     client_code: str | None = None,
     webhook_url: str | None = None,
+    watermark: bool = False,
+    super_resolution: bool = False,
+    audio_name: str | None = None,
+    video_name: str | None = None,
 ) -> JobRecord:
     """Queues a job from staged files. The staged files are the caller's to discard if
-    this raises; on success they belong to the job."""
+    this raises; on success they belong to the job. The names are the inputs as the
+    client named them (an upload's filename, a URL's last part): messages use them."""
     if (video is None) == (avatar_id is None):
         raise BadInput(STAGE, "send either an avatar_id or a video file, not both or neither")
     if webhook_url:
         check_webhook_url(webhook_url, service.settings)
-    info = await in_pool(service, check_audio, audio, service.settings)
+    info = await in_pool(service, check_audio, audio, service.settings, False, audio_name)
     assert info is not None, "a complete file is always measured"
     if avatar_id is not None:
         avatar = await service.store.get_avatar(avatar_id)
@@ -64,10 +69,14 @@ async def submit_job(
             registered_avatar=True,
             client_code=client_code,
             webhook_url=webhook_url or None,
+            audio_name=audio_name,
+            video_name=avatar.source_name,
+            watermark=watermark,
+            super_resolution=super_resolution,
         )
     else:
         assert video is not None and video_content_id is not None
-        await in_pool(service, check_video, video, service.settings)
+        await in_pool(service, check_video, video, service.settings, False, video_name)
         inputs = JobInputs(
             audio=audio,
             audio_seconds=info.seconds,
@@ -76,6 +85,10 @@ async def submit_job(
             registered_avatar=False,
             client_code=client_code,
             webhook_url=webhook_url or None,
+            audio_name=audio_name,
+            video_name=video_name,
+            watermark=watermark,
+            super_resolution=super_resolution,
         )
     try:
         return await service.scheduler.submit(inputs)

@@ -2,7 +2,9 @@
 
 The speech track is decoded again from the original file and muxed beside the video,
 interleaved by time. Output goes to a partial file that is renamed only on success, so a
-failed or cancelled job never leaves a half-written MP4 behind.
+failed or cancelled job never leaves a half-written MP4 behind. A job may ask for a
+visible watermark (text or an image, in a corner): its overlay is rendered once when the
+writer opens and blended into every frame written.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,8 +21,9 @@ import av
 import cv2
 import numpy as np
 
-from orchestrator.errors import BadInput
+from orchestrator.errors import BadInput, PipelineError
 from orchestrator.pipeline.stages import END, StageClock
+from orchestrator.settings import Settings
 
 STAGE = "encode"
 log = logging.getLogger(__name__)
@@ -33,6 +37,111 @@ X264_OPTIONS = {"crf": "20", "preset": "veryfast"}
 AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 AAC_BITRATE = 128_000
 
+# Watermark geometry, as shares of the frame: text about 1/18 of the height tall, an
+# image at most a quarter of either side, a margin of 1/40 of the shorter side.
+WATERMARK_TEXT_HEIGHT = 1 / 18
+WATERMARK_MIN_TEXT_PX = 8  # smaller Hershey glyphs are unreadable
+WATERMARK_MAX_SHARE = 0.25
+WATERMARK_TEXT_MAX_WIDTH = 0.9
+WATERMARK_MARGIN = 1 / 40
+WATERMARK_TEXT_OPACITY = 0.85  # visible, yet the picture shows through
+WATERMARK_FONT = cv2.FONT_HERSHEY_SIMPLEX
+WHITE, BLACK = 255, 0
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """What a job's watermark shows (DH_WATERMARK_*): an image if set, else the text."""
+
+    text: str
+    image: Path | None = None
+    corner: str = "bottom-right"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Watermark:
+        return cls(settings.watermark_text, settings.watermark_image, settings.watermark_position)
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """A watermark rendered for one frame size: colour and opacity at a position."""
+
+    top: int
+    left: int
+    bgr: np.ndarray  # float32 h×w×3
+    alpha: np.ndarray  # float32 h×w×1 in [0, 1]
+
+
+def apply_watermark(frame: np.ndarray, overlay: Overlay) -> np.ndarray:
+    """`frame` (BGR uint8) with `overlay` blended in; the input frame is not modified."""
+    height, width = frame.shape[:2]
+    bottom = min(height, overlay.top + overlay.alpha.shape[0])
+    right = min(width, overlay.left + overlay.alpha.shape[1])
+    if bottom <= overlay.top or right <= overlay.left:
+        return frame
+    rows, cols = bottom - overlay.top, right - overlay.left
+    region = frame[overlay.top : bottom, overlay.left : right].astype(np.float32)
+    alpha, bgr = overlay.alpha[:rows, :cols], overlay.bgr[:rows, :cols]
+    marked = frame.copy()
+    marked[overlay.top : bottom, overlay.left : right] = np.clip(
+        region + (bgr - region) * alpha + 0.5, 0, 255
+    ).astype(np.uint8)
+    return marked
+
+
+def watermark_overlay(watermark: Watermark, width: int, height: int) -> Overlay:
+    """The watermark rendered once for frames of `width`×`height`, placed in its corner."""
+    if watermark.image is not None:
+        bgr, alpha = _image_overlay(watermark.image, width, height)
+    else:
+        bgr, alpha = _text_overlay(watermark.text, width, height)
+    rows, cols = alpha.shape[:2]
+    margin = max(1, round(min(width, height) * WATERMARK_MARGIN))
+    top = margin if watermark.corner.startswith("top") else max(0, height - rows - margin)
+    left = margin if watermark.corner.endswith("left") else max(0, width - cols - margin)
+    return Overlay(top, left, bgr.astype(np.float32), alpha.astype(np.float32)[..., None])
+
+
+def _text_overlay(text: str, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """White text with a dark outline, so it reads on light and dark pictures."""
+    pixels = max(WATERMARK_MIN_TEXT_PX, round(height * WATERMARK_TEXT_HEIGHT))
+    thickness = max(1, pixels // 10)
+    scale = cv2.getFontScaleFromHeight(WATERMARK_FONT, pixels, thickness)
+    (text_width, _), _ = cv2.getTextSize(text, WATERMARK_FONT, scale, thickness)
+    widest = width * WATERMARK_TEXT_MAX_WIDTH
+    if text_width > widest:
+        scale *= widest / text_width
+    outline = thickness + 2
+    (text_width, text_height), baseline = cv2.getTextSize(text, WATERMARK_FONT, scale, outline)
+    pad = outline
+    rows, cols = text_height + baseline + 2 * pad, text_width + 2 * pad
+    origin = (pad, pad + text_height)
+    fill = np.zeros((rows, cols), np.uint8)
+    edge = np.zeros((rows, cols), np.uint8)
+    cv2.putText(edge, text, origin, WATERMARK_FONT, scale, WHITE, outline, cv2.LINE_AA)
+    cv2.putText(fill, text, origin, WATERMARK_FONT, scale, WHITE, thickness, cv2.LINE_AA)
+    alpha = np.maximum(fill, edge).astype(np.float32) / 255 * WATERMARK_TEXT_OPACITY
+    bgr = np.repeat(fill[..., None], 3, axis=2)  # white where the fill is, else black
+    return bgr, alpha
+
+
+def _image_overlay(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    picture = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if picture is None or picture.size == 0:
+        raise PipelineError(STAGE, f"the watermark image {path} (DH_WATERMARK_IMAGE) is unreadable")
+    if picture.dtype == np.uint16:
+        picture = (picture // 257).astype(np.uint8)
+    if picture.ndim == 2:
+        picture = cv2.cvtColor(picture, cv2.COLOR_GRAY2BGRA)
+    elif picture.shape[2] == 3:
+        picture = cv2.cvtColor(picture, cv2.COLOR_BGR2BGRA)
+    rows, cols = picture.shape[:2]
+    shrink = min(1.0, width * WATERMARK_MAX_SHARE / cols, height * WATERMARK_MAX_SHARE / rows)
+    if shrink < 1.0:
+        size = (max(1, round(cols * shrink)), max(1, round(rows * shrink)))
+        picture = cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
+    return picture[..., :3], picture[..., 3].astype(np.float32) / 255
+
 
 def pick_encoder(requested: str) -> str:
     """`requested` if this PyAV build can open it here, else libx264 with one warning."""
@@ -41,6 +150,8 @@ def pick_encoder(requested: str) -> str:
     try:
         codec = av.codec.Codec(requested, "w")
         context = av.codec.CodecContext.create(codec)
+        if not isinstance(context, av.video.codeccontext.VideoCodecContext):
+            raise ValueError(f"{requested} is not a video encoder")
         context.width, context.height, context.pix_fmt = 64, 64, "yuv420p"
         context.time_base = Fraction(1, 25)
         context.open()
@@ -54,9 +165,17 @@ class Mp4Writer:
     """One MP4 being written: video frames in, audio pulled along to keep pace."""
 
     def __init__(
-        self, out: Path, width: int, height: int, fps: Fraction, audio: Path, codec: str
+        self,
+        out: Path,
+        width: int,
+        height: int,
+        fps: Fraction,
+        audio: Path,
+        codec: str,
+        watermark: Watermark | None = None,
     ) -> None:
         self.out = out
+        self._overlay = None if watermark is None else watermark_overlay(watermark, width, height)
         self.partial = out.with_name(f".{out.name}.partial")
         self.fps = fps
         # H.264 in yuv420p needs even sides; one replicated edge row or column is added.
@@ -67,9 +186,11 @@ class Mp4Writer:
         )
         try:
             video = self._container.add_stream(codec, rate=fps)
+            if not isinstance(video, av.VideoStream):
+                raise PipelineError(STAGE, f"{codec} is not a video encoder")
             video.width, video.height, video.pix_fmt = self.width, self.height, "yuv420p"
             if codec == X264:
-                video.options = X264_OPTIONS
+                video.options = dict(X264_OPTIONS)
             video.codec_context.time_base = 1 / fps
             self._video = video
             self._source = av.open(str(audio), "r")
@@ -114,6 +235,8 @@ class Mp4Writer:
             self._container.mux(self._audio.encode(frame))
 
     def write(self, frame: np.ndarray) -> None:
+        if self._overlay is not None:
+            frame = apply_watermark(frame, self._overlay)
         pad_bottom, pad_right = self.height - frame.shape[0], self.width - frame.shape[1]
         if pad_bottom or pad_right:
             frame = cv2.copyMakeBorder(frame, 0, pad_bottom, 0, pad_right, cv2.BORDER_REPLICATE)

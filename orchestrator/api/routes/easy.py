@@ -4,30 +4,48 @@ Its clients send JSON `{audio_url, video_url, code, chaofen, watermark_switch, p
 poll `GET /easy/query?code=…`; answers carry a numeric `code` (10000 success, 10001 busy,
 10002 bad parameters, 10004 no such task, 9999 system error) and, for a query, `data`
 with `status` (1 running, 2 done, 3 failed), `progress` (0-100), `msg` and `result`.
-`audio_url` and `video_url` are URLs (fetched when allowed) or paths in the allowed
-input directory, as HeyGem reads paths in its container; `video_url` may also be the id
-of a registered avatar. `result` is the path of the MP4 on this server. The HTTP status
-is the real one (4xx for bad input, 429 when busy); the body is HeyGem's.
+
+Every answer under /easy is HTTP 200, whatever the outcome, as HeyGem's service answers:
+its desktop app uses axios with default settings, which throws on any other status, and
+a throw inside its polling loop ends the loop for good. So the outcome is only in
+`code`, including refusals raised before a route runs (a missing API key, a missing
+`code` query parameter) and unknown paths under /easy; `HeyGemRoute` turns them into
+answers. A full backlog still sends Retry-After.
+
+`audio_url` and `video_url` are URLs (fetched when allowed), names relative to the
+`temp/` of HeyGem's data folder or `/code/data/…` container paths (with
+DH_HEYGEM_DATA_DIR), paths in DH_LOCAL_INPUT_DIR, or (`video_url`) a registered avatar's
+id. With DH_HEYGEM_DATA_DIR the result is written to `temp/<code>-r.mp4` there and
+`result` is `/<code>-r.mp4`, which HeyGem's app joins onto that folder; without it,
+`result` is this server's `/v1/jobs/<id>/result`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.api.deps import Service, ServiceDep
 from orchestrator.api.fetch import StagedInput, stage_input
+from orchestrator.api.heygem import check_code, input_roots, result_reference
 from orchestrator.api.intake import submit_job
 from orchestrator.errors import (
     Backlogged,
     BadInput,
     Conflict,
     LimitExceeded,
+    NotFound,
     PipelineError,
+    Unauthorized,
 )
 from orchestrator.jobs.store import (
     CANCELLED,
@@ -38,7 +56,7 @@ from orchestrator.jobs.store import (
 )
 from orchestrator.jobs.views import job_links
 
-router = APIRouter(prefix="/easy", tags=["heygem"])
+log = logging.getLogger(__name__)
 
 # HeyGem's response codes (ResponseCode in its app_local.py).
 SUCCESS, BUSY, BAD_PARAM, NOT_FOUND, SYSTEM_ERROR = 10000, 10001, 10002, 10004, 9999
@@ -48,48 +66,151 @@ RUNNING_STATUS, DONE_STATUS, FAILED_STATUS = 1, 2, 3
 PREPARING_PERCENT = 5
 MS = 1000
 MAX_JSON_BYTES = 64 * 1024
+PAYLOAD_TOO_LARGE = 413
+CHAOFEN_NOTE = "chaofen ignored: no enhancement model on this server"
+
+
+# The shapes, for /openapi.json and for building the answers.
+
+
+class SubmitRequest(BaseModel):
+    """What HeyGem's app posts; other fields it sends (`pn`, …) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    audio_url: str = Field(
+        description="URL, name in <DH_HEYGEM_DATA_DIR>/temp, /code/data/… path, or path "
+        "in DH_LOCAL_INPUT_DIR"
+    )
+    video_url: str = Field(description="as audio_url, or the id of a registered avatar")
+    code: str | int | None = Field(None, description="the task's id; a UUID if left out")
+    chaofen: int = Field(0, ge=0, le=1, description="super-resolution; no model here: ignored")
+    watermark_switch: int = Field(0, ge=0, le=1, description="1: a visible watermark")
+    pn: int | None = Field(None, description="sent by HeyGem's app; not used")
+
+
+class ErrorData(BaseModel):
+    stage: str
+    message: str
+
+
+class SubmitData(BaseModel):
+    code: str
+    job_id: str
+    links: dict[str, str]
+
+
+class QueryData(BaseModel):
+    code: str
+    job_id: str
+    status: int = Field(description="1 running (or queued), 2 done, 3 failed")
+    progress: int = Field(ge=0, le=100)
+    msg: str
+    result: str = Field(description="/<code>-r.mp4 with DH_HEYGEM_DATA_DIR, else a URL path")
+    video_duration: int = Field(description="milliseconds of speech")
+    width: int | None = None
+    height: int | None = None
+    cost: int | None = Field(None, description="milliseconds the render took")
+    error: ErrorData | None = None
+
+
+class SubmitAnswer(BaseModel):
+    code: int = Field(description="10000 success, 10001 busy, 10002 bad parameters, 9999")
+    success: bool
+    msg: str
+    data: SubmitData | ErrorData | dict[str, Any]
+
+
+class QueryAnswer(BaseModel):
+    code: int = Field(description="10000 success, 10002 bad parameters, 10004 no such task")
+    success: bool
+    msg: str
+    data: QueryData | ErrorData | dict[str, Any]
 
 
 def _answer(
     code: int,
     msg: str,
-    data: dict[str, Any] | None = None,
-    status: int = 200,
+    data: BaseModel | dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
+    if isinstance(data, BaseModel):
+        data = data.model_dump(exclude_none=True)
     body = {"code": code, "success": code == SUCCESS, "msg": msg, "data": data or {}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, headers=headers)  # always 200: see the module docstring
 
 
 def _refusal(error: PipelineError) -> JSONResponse:
-    detail = error.as_record()
+    detail = ErrorData(stage=error.stage, message=error.message)
     message = f"{error.stage}: {error.message}"
     if isinstance(error, Backlogged):
-        return _answer(BUSY, message, detail, 429, {"Retry-After": str(error.retry_after_s)})
-    if isinstance(error, LimitExceeded):
-        headers = {"Connection": "close"} if error.status == 413 else None
-        return _answer(BAD_PARAM, message, detail, error.status, headers)
-    if isinstance(error, Conflict):
-        return _answer(BAD_PARAM, message, detail, 409)
-    if isinstance(error, BadInput):
-        return _answer(BAD_PARAM, message, detail, 422)
-    return _answer(SYSTEM_ERROR, message, detail, 500)
+        return _answer(BUSY, message, detail, {"Retry-After": str(error.retry_after_s)})
+    if isinstance(error, LimitExceeded) and error.status == PAYLOAD_TOO_LARGE:
+        # The rest of the body is not wanted: closing stops the client sending it.
+        return _answer(BAD_PARAM, message, detail, {"Connection": "close"})
+    if isinstance(error, BadInput | Conflict):
+        return _answer(BAD_PARAM, message, detail)
+    if isinstance(error, NotFound):
+        return _answer(NOT_FOUND, message, detail)
+    if isinstance(error, Unauthorized):
+        # HeyGem's app sends no key, and none of its codes means "unauthorised": a
+        # system error (it stops the task) whose message says what is missing.
+        return _answer(SYSTEM_ERROR, message, detail, {"WWW-Authenticate": "Bearer"})
+    log.error("%s", error)
+    return _answer(SYSTEM_ERROR, message, detail)
 
 
-@router.post("/submit", summary="HeyGem-compatible submit: audio_url, video_url, code")
+class HeyGemRoute(APIRoute):
+    """A route whose every outcome is an HTTP 200 answer in HeyGem's codes, including
+    errors raised while its dependencies (the API key) and parameters are resolved."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def answer_in_heygem_codes(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except PipelineError as exc:
+                return _refusal(exc)
+            except RequestValidationError as exc:
+                return _answer(BAD_PARAM, f"request: {_problems(exc.errors())}")
+            except Exception as exc:  # still an answer the client can read
+                log.exception("unhandled error on %s", request.url.path)
+                return _answer(SYSTEM_ERROR, f"server: {type(exc).__name__}: {exc}")
+
+        return answer_in_heygem_codes
+
+
+def _problems(errors: Any) -> str:
+    found = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors]
+    return "; ".join(found) or "the request is not valid"
+
+
+router = APIRouter(prefix="/easy", tags=["heygem"], route_class=HeyGemRoute)
+
+
+@router.post(
+    "/submit",
+    summary="HeyGem-compatible submit: audio_url, video_url, code",
+    response_model=SubmitAnswer,
+    # The body is read by the route with a size bound, not by FastAPI; this documents it.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": SubmitRequest.model_json_schema()}},
+        }
+    },
+)
 async def submit(request: Request, service: ServiceDep) -> JSONResponse:
-    try:
-        body = await _json_body(request)
-        code = str(body.get("code") or uuid.uuid4())
-        audio_url, video_url = body.get("audio_url"), body.get("video_url")
-        if not isinstance(audio_url, str) or not isinstance(video_url, str):
-            raise BadInput("request", "audio_url and video_url are required strings")
-        if await service.store.job_by_code(code) is not None:
-            raise Conflict("request", f"a task with code '{code}' exists already")
-        job = await _submit(service, code, audio_url, video_url)
-    except PipelineError as exc:
-        return _refusal(exc)
-    return _answer(SUCCESS, "success", {"code": code, "job_id": job.id, "links": job_links(job.id)})
+    wanted = _submit_request(await _json_body(request))
+    code = str(wanted.code or uuid.uuid4())
+    if service.settings.heygem_data_dir is not None:
+        check_code(code)  # it names the result file in HeyGem's folder
+    if await service.store.job_by_code(code) is not None:
+        raise Conflict("request", f"a task with code '{code}' exists already")
+    job = await _submit(service, code, wanted)
+    message = f"success ({CHAOFEN_NOTE})" if wanted.chaofen else "success"
+    return _answer(SUCCESS, message, SubmitData(code=code, job_id=job.id, links=job_links(job.id)))
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -105,17 +226,34 @@ async def _json_body(request: Request) -> dict[str, Any]:
         body = json.loads(bytes(raw) or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInput("request", f"the body is not JSON ({exc})") from None
+    except RecursionError:
+        raise BadInput("request", "the JSON body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadInput("request", "the body must be a JSON object")
     return body
 
 
-async def _submit(service: Service, code: str, audio_url: str, video_url: str) -> JobRecord:
+def _submit_request(body: dict[str, Any]) -> SubmitRequest:
+    try:
+        return SubmitRequest.model_validate(body)
+    except ValidationError as exc:
+        raise BadInput("request", _problems(exc.errors())) from None
+    except RecursionError:  # a deeply nested value in an extra field
+        raise BadInput("request", "the JSON body is nested too deeply") from None
+
+
+async def _submit(service: Service, code: str, wanted: SubmitRequest) -> JobRecord:
+    roots = input_roots(service.settings)
+    options: dict[str, Any] = {
+        "client_code": code,
+        "watermark": bool(wanted.watermark_switch),
+        "super_resolution": bool(wanted.chaofen),
+    }
     staged: list[StagedInput] = []
     try:
-        audio = await stage_input(audio_url, "audio_url", service)
+        audio = await stage_input(wanted.audio_url, "audio_url", service, roots)
         staged.append(audio)
-        avatar = await service.store.get_avatar(video_url.strip())
+        avatar = await service.store.get_avatar(wanted.video_url.strip())
         if avatar is not None:
             return await submit_job(
                 service,
@@ -123,9 +261,9 @@ async def _submit(service: Service, code: str, audio_url: str, video_url: str) -
                 video=None,
                 video_content_id=None,
                 avatar_id=avatar.id,
-                client_code=code,
+                **options,
             )
-        video = await stage_input(video_url, "video_url", service)
+        video = await stage_input(wanted.video_url, "video_url", service, roots)
         staged.append(video)
         return await submit_job(
             service,
@@ -133,7 +271,7 @@ async def _submit(service: Service, code: str, audio_url: str, video_url: str) -
             video=video.path,
             video_content_id=video.content_id,
             avatar_id=None,
-            client_code=code,
+            **options,
         )
     except BaseException:
         for item in staged:
@@ -141,30 +279,50 @@ async def _submit(service: Service, code: str, audio_url: str, video_url: str) -
         raise
 
 
-@router.get("/query", summary="HeyGem-compatible progress query by code")
+@router.get(
+    "/query",
+    summary="HeyGem-compatible progress query by code",
+    response_model=QueryAnswer,
+)
 async def query(code: str, service: ServiceDep) -> JSONResponse:
     job = await service.store.job_by_code(code)
     if job is None:
-        return _answer(NOT_FOUND, f"no task with code '{code}'", status=404)
+        return _answer(NOT_FOUND, f"no task with code '{code}'")
     live = service.scheduler.live_progress(job.id)
-    data: dict[str, Any] = {
-        "code": code,
-        "job_id": job.id,
-        "status": _status(job),
-        "progress": _percent(
+    data = QueryData(
+        code=code,
+        job_id=job.id,
+        status=_status(job),
+        progress=_percent(
             job, live.frames_done if live else None, live.frames_total if live else None
         ),
-        "msg": _message(job, live.stage if live else None),
-        "result": job_links(job.id)["result"] if job.state == SUCCEEDED else "",
-        "video_duration": round(job.audio_seconds * MS),
-    }
+        msg=_message(job, live.stage if live else None),
+        result=_result(service, job) if job.state == SUCCEEDED else "",
+        video_duration=round(job.audio_seconds * MS),
+    )
     if job.result:
-        data["width"], data["height"] = job.result["width"], job.result["height"]
+        data.width, data.height = job.result["width"], job.result["height"]
     if job.started_at and job.finished_at:
-        data["cost"] = round((job.finished_at - job.started_at) * MS)
+        data.cost = round((job.finished_at - job.started_at) * MS)
     if job.error:
-        data["error"] = job.error
+        data.error = ErrorData(stage=job.error["stage"], message=job.error["message"])
     return _answer(SUCCESS, "success", data)
+
+
+@router.api_route(
+    "/{rest:path}",
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+    include_in_schema=False,
+)
+async def elsewhere(rest: str, request: Request) -> JSONResponse:
+    """Anything else under /easy (an unknown path, GET on /easy/submit): still HTTP 200."""
+    return _answer(SYSTEM_ERROR, f"request: no route {request.method} /easy/{rest}")
+
+
+def _result(service: Service, job: JobRecord) -> str:
+    if service.settings.heygem_data_dir is not None and job.client_code is not None:
+        return result_reference(job.client_code)
+    return job_links(job.id)["result"]
 
 
 def _status(job: JobRecord) -> int:
@@ -191,7 +349,9 @@ def _message(job: JobRecord, live_stage: str | None) -> str:
     if job.error:
         return f"{job.error['stage']}: {job.error['message']}"
     if job.state == SUCCEEDED:
-        return "done"
-    if job.state == QUEUED:
-        return "queued"
-    return live_stage or job.stage or "running"
+        message = "done"
+    elif job.state == QUEUED:
+        message = "queued"
+    else:
+        message = live_stage or job.stage or "running"
+    return f"{message} ({CHAOFEN_NOTE})" if job.super_resolution else message

@@ -1,0 +1,169 @@
+"""HeyGem's data folder (DH_HEYGEM_DATA_DIR): inputs named inside it, results written to it.
+
+HeyGem's containers mount this folder at `/code/data`, and its desktop app keeps inputs
+and results in the folder's `temp/`. The app names inputs relative to `temp/` (or as
+container paths under `/code/data`), and finds a result by joining `data.result`
+(`/<code>-r.mp4`) onto `temp/`. So a drop-in reads inputs from there and writes each
+result to `temp/<code>-r.mp4` before it reports the task done.
+
+Server-side paths are resolved (symlinks, `..`) and must stay inside an allowed folder:
+HeyGem's (when set) and DH_LOCAL_INPUT_DIR (when set), tried in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from orchestrator.errors import BadInput, PipelineError
+from orchestrator.jobs.store import JobRecord
+from orchestrator.settings import Settings
+from orchestrator.storage import Storage
+
+STAGE = "fetch"
+RESULT_STAGE = "result"
+# Where HeyGem's containers see the data folder (its docker-compose volumes).
+CONTAINER_ROOT = PurePosixPath("/code/data")
+# The data folder's subfolder that HeyGem's app reads and writes (its assetPath.model).
+WORK_FOLDER = "temp"
+RESULT_SUFFIX = "-r.mp4"  # HeyGem names a result `<code>-r.mp4`
+# A code becomes a file name: one plain name, no separators, no leading dot.
+_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+@dataclass(frozen=True)
+class InputRoot:
+    """A folder that server-side input paths may point into."""
+
+    root: Path  # everything must resolve inside it
+    base: Path  # where a relative name starts
+    container_root: PurePosixPath | None  # an absolute prefix that stands for `root`
+    setting: str  # named in refusals
+
+
+def input_roots(settings: Settings, heygem: bool = True) -> list[InputRoot]:
+    """The folders server-side paths may name: HeyGem's first (for /easy), then
+    DH_LOCAL_INPUT_DIR."""
+    roots: list[InputRoot] = []
+    if heygem and settings.heygem_data_dir is not None:
+        folder = settings.heygem_data_dir
+        roots.append(InputRoot(folder, folder / WORK_FOLDER, CONTAINER_ROOT, "DH_HEYGEM_DATA_DIR"))
+    if settings.local_input_dir is not None:
+        folder = settings.local_input_dir
+        roots.append(InputRoot(folder, folder, None, "DH_LOCAL_INPUT_DIR"))
+    return roots
+
+
+def resolve_input(reference: str, what: str, roots: list[InputRoot]) -> Path:
+    """The existing file that a server-side `reference` names inside one of `roots`.
+
+    BadInput (naming `what`) when no folder is allowed, the path is not a valid path,
+    it leaves every allowed folder, or no such file exists there."""
+    if not roots:
+        raise BadInput(
+            STAGE,
+            f"{what}: '{reference}' is not a URL, and server-side paths are not accepted "
+            "here (neither DH_LOCAL_INPUT_DIR nor DH_HEYGEM_DATA_DIR is set)",
+        )
+    if "\x00" in reference:
+        raise BadInput(STAGE, f"{what}: the path contains a NUL byte")
+    inside_some_root = False
+    for allowed in roots:
+        try:
+            root = allowed.root.resolve()
+            source = _candidate(reference, allowed).resolve()
+            if not source.is_relative_to(root):
+                continue
+            inside_some_root = True
+            if source.is_file():
+                return source
+        except (OSError, ValueError, RuntimeError) as exc:  # too long, a symlink loop…
+            raise BadInput(STAGE, f"{what}: '{reference}' is not a usable path ({exc})") from None
+    if not inside_some_root:
+        folders = ", ".join(r.setting for r in roots)
+        raise BadInput(
+            STAGE, f"{what}: '{reference}' is outside the allowed input directory ({folders})"
+        )
+    raise BadInput(STAGE, f"{what}: no such file '{reference}' in the input directory")
+
+
+def _candidate(reference: str, allowed: InputRoot) -> Path:
+    if allowed.container_root is not None:
+        posix = PurePosixPath(reference)
+        if posix.is_relative_to(allowed.container_root):
+            return allowed.root / posix.relative_to(allowed.container_root)
+    # An absolute reference replaces the base: it is allowed only if it is inside root.
+    return allowed.base / reference
+
+
+def check_code(code: str) -> None:
+    """A code names the result file in HeyGem's folder, so it must be one plain name."""
+    if not _CODE.fullmatch(code):
+        raise BadInput(
+            "request",
+            "code must be 1-128 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit (it names the result file)",
+        )
+
+
+def result_reference(code: str) -> str:
+    """`data.result` as HeyGem's app expects it: joined onto its temp/ folder."""
+    return f"/{code}{RESULT_SUFFIX}"
+
+
+def result_file(data_dir: Path, code: str) -> Path:
+    return data_dir / WORK_FOLDER / f"{code}{RESULT_SUFFIX}"
+
+
+def place_result(result: Path, target: Path) -> Path:
+    """Puts `result` at `target` atomically: a hard link when both are on one file system
+    (no copy of a large file), else a copy; either under a temporary name, then renamed,
+    so HeyGem's app never finds a half-written file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+    try:
+        try:
+            os.link(result, partial)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            shutil.copyfile(result, partial)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return target
+
+
+SucceededHook = Callable[[JobRecord], Awaitable[None]]
+
+
+def result_placer(settings: Settings, storage: Storage, pool: Executor) -> SucceededHook | None:
+    """The scheduler's hook for a job that succeeded: a job that came through /easy/submit
+    (it has a client code) gets its MP4 into HeyGem's folder. None when no folder is set."""
+    data_dir = settings.heygem_data_dir
+    if data_dir is None:
+        return None
+
+    async def place(job: JobRecord) -> None:
+        if job.client_code is None:
+            return
+        target = result_file(data_dir, job.client_code)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                pool, place_result, storage.result_path(job.id), target
+            )
+        except OSError as exc:
+            raise PipelineError(
+                RESULT_STAGE, f"writing the result to {target} failed: {exc}"
+            ) from None
+
+    return place
