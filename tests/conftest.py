@@ -14,6 +14,7 @@ from localtriton.launcher import local_triton
 from modelkit.build import build_repository, repository_with_wav2lip
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient
+from tests.outage import KillableTriton
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = REPO / "model_repository"
@@ -79,3 +80,11 @@ async def triton_client(settings: Settings) -> AsyncIterator[TritonClient]:
         max_in_flight=64,
     ) as client:
         yield client
+
+
+@pytest.fixture
+def killable_triton(built_models: Path, tmp_path: Path) -> Iterator[KillableTriton]:
+    """A Triton of the test's own, serving the production models, to kill and restart."""
+    triton = KillableTriton(built_models, tmp_path / "own-triton", TRITON_VENV).start()
+    yield triton
+    triton.stop()

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from localtriton.launcher import Running, local_triton
 from localtriton.server import Endpoints
-from tests.conftest import TRITON_VENV
 
 
 class KillableTriton:
@@ -18,9 +17,10 @@ class KillableTriton:
     Python-backend stubs (a crash, not a shutdown); `start()` again comes back on the
     same ports, as a restarted container would."""
 
-    def __init__(self, repository: Path, workdir: Path) -> None:
+    def __init__(self, repository: Path, workdir: Path, venv: Path) -> None:
         self.repository = repository
         self.workdir = workdir
+        self.venv = venv
         self.endpoints: Endpoints | None = None
         self._running: Running | None = None
         self._stack: ExitStack | None = None
@@ -44,7 +44,7 @@ class KillableTriton:
             local_triton(
                 self.repository,
                 self.workdir / f"run-{self.starts}",
-                TRITON_VENV,
+                self.venv,
                 endpoints=self.endpoints,
                 log=lambda _: None,
             )

@@ -90,8 +90,19 @@ def test_unreachable_triton_exits_1_within_its_deadline(
     done = _dh(args, env)
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("dh: infer: model 'server': readiness: Triton at 127.0.0.1:")
+    assert line.startswith("dh: startup: readiness: Triton at 127.0.0.1:")
     assert "unavailable" in line
+
+
+def test_a_missing_avatar_is_bad_input_named_as_the_user_gave_it(
+    dh_env: dict[str, str], media: tuple[Path, Path], tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere" / "missing.mp4"
+    args = ["generate", "--avatar", str(missing), "--audio", str(media[1]), "-o", "o.mp4"]
+    done = _dh(args, dh_env)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line == "dh: decode: avatar missing.mp4: no such file"
 
 
 def test_avatar_prepare_prints_the_face_summary(

@@ -15,15 +15,18 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from orchestrator.api.auth import require_api_key
 from orchestrator.api.deps import Service
+from orchestrator.api.heygem import result_placer
+from orchestrator.api.limits_middleware import BodyLimitMiddleware, BodyLimits, upload_routes
 from orchestrator.api.routes import avatars, easy, health, jobs, metrics
+from orchestrator.api.schemas import ErrorBody, ErrorDetail, error_responses
 from orchestrator.errors import (
     Backlogged,
     BadInput,
@@ -33,20 +36,27 @@ from orchestrator.errors import (
     PipelineError,
     TritonUnavailable,
     Unauthorized,
+    describe,
 )
 from orchestrator.jobs.avatars import Avatars
+from orchestrator.jobs.readiness import TritonGate
+from orchestrator.jobs.retention import Retention
 from orchestrator.jobs.scheduler import Scheduler
 from orchestrator.jobs.store import JobRecord, SqliteStore
 from orchestrator.jobs.views import job_document
 from orchestrator.jobs.webhook import WebhookSender
 from orchestrator.metrics import ServiceMetrics
+from orchestrator.outbound import fetch_policy, guarded_client, webhook_policy
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
 from orchestrator.storage import LocalStorage
 
 log = logging.getLogger(__name__)
 DB_NAME = "service.db"
-PAYLOAD_TOO_LARGE = 413
+REQUEST_TIMEOUT, PAYLOAD_TOO_LARGE = 408, 413
+# A body that breaks its schema everywhere (deep JSON, thousands of items) would otherwise
+# make a message as long as itself.
+VALIDATION_PROBLEMS_SHOWN = 5
 
 
 @asynccontextmanager
@@ -70,20 +80,40 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             served.face_size,
             served.detector.name,
         )
-        http = httpx.AsyncClient(follow_redirects=False)
+        # Input fetches and webhooks each connect only where their own rule allows.
+        http = guarded_client(fetch_policy(settings))
         stack.push_async_callback(http.aclose)
+        webhook_http = guarded_client(webhook_policy(settings))
+        stack.push_async_callback(webhook_http.aclose)
         admission = asyncio.Lock()
-        avatar_service = Avatars(settings, engine, store, storage, admission)
+        # Jobs and avatar preparation start only while Triton is ready (jobs.readiness).
+        gate = TritonGate(engine)
+        avatar_service = Avatars(settings, engine, store, storage, admission, gate)
         stack.push_async_callback(avatar_service.stop)
 
         async def webhook_document(job: JobRecord) -> dict[str, Any]:
-            return job_document(job, None)
+            return job_document(job, None).model_dump(mode="json")
 
-        webhooks = WebhookSender(settings, store, http, webhook_document)
+        webhooks = WebhookSender(settings, store, webhook_http, webhook_document)
         stack.push_async_callback(webhooks.stop)
         scheduler = Scheduler(
-            settings, engine, store, storage, avatar_service, service_metrics, webhooks, admission
+            settings,
+            engine,
+            store,
+            storage,
+            avatar_service,
+            service_metrics,
+            webhooks,
+            admission,
+            gate,
+            on_succeeded=result_placer(settings, storage, io_pool),  # HeyGem's result file
         )
+        retention = Retention(settings, store, storage, service_metrics)
+        await retention.clean_leftovers()  # before anything prepares avatars or runs jobs
+        retention.start()
+        stack.push_async_callback(retention.stop)
+        await gate.start()
+        stack.push_async_callback(gate.stop)
         await avatar_service.start()
         await scheduler.start()
         stack.push_async_callback(scheduler.stop)
@@ -112,13 +142,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     protected = [Depends(require_api_key)]
-    app.include_router(health.router)
-    app.include_router(metrics.router)
-    app.include_router(avatars.router, dependencies=protected)
-    app.include_router(jobs.router, dependencies=protected)
+    # Any route: the body bounds of limits_middleware; protected ones: the API key.
+    bounded = error_responses(408, 413)
+    keyed = error_responses(401, 408, 413)
+    app.include_router(health.router, responses=bounded)
+    app.include_router(metrics.router, responses=bounded)
+    app.include_router(avatars.router, dependencies=protected, responses=keyed)
+    app.include_router(jobs.router, dependencies=protected, responses=keyed)
     app.include_router(easy.router, dependencies=protected)
-    app.include_router(health.system_router, dependencies=protected)
+    app.include_router(health.system_router, dependencies=protected, responses=keyed)
     _add_error_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limits=BodyLimits(
+            uploads=upload_routes(app.openapi()),
+            upload_bytes=settings.max_upload_bytes,
+            read_timeout_s=settings.request_body_timeout_s,
+        ),
+    )
     return app
 
 
@@ -139,9 +180,8 @@ def http_status(error: PipelineError) -> int:
 
 
 def error_response(status: int, stage: str, message: str, **headers: str) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"stage": stage, "message": message}}, status_code=status, headers=headers
-    )
+    body = ErrorBody(error=ErrorDetail(stage=stage, message=message))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -153,9 +193,10 @@ def _add_error_handlers(app: FastAPI) -> None:
             headers["Retry-After"] = str(error.retry_after_s)
         if isinstance(error, Unauthorized):
             headers["WWW-Authenticate"] = "Bearer"
-        if status == PAYLOAD_TOO_LARGE:
+        if status in (REQUEST_TIMEOUT, PAYLOAD_TOO_LARGE):
             # The rest of the body is not wanted: closing stops the client sending it
-            # (otherwise the server would keep reading it to reuse the connection).
+            # (otherwise the server would keep reading it to reuse the connection, and a
+            # slow client that ignores a 408 would hold the connection on).
             headers["Connection"] = "close"
         if status >= 500:
             log.error("%s", error)
@@ -163,16 +204,28 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        errors = error.errors()
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors()
+            f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}"
+            for e in errors[:VALIDATION_PROBLEMS_SHOWN]
         )
+        if len(errors) > VALIDATION_PROBLEMS_SHOWN:
+            problems += f"; and {len(errors) - VALIDATION_PROBLEMS_SHOWN} more"
         return error_response(422, "request", problems or "the request is not valid")
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_: Request, error: ClientDisconnect) -> JSONResponse:
+        # Nobody reads this answer; it only keeps a client's hang-up out of the 500s.
+        log.info("the client went away before its request was read")
+        return error_response(400, "request", "the client went away before the request was read")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
         return error_response(error.status_code, "http", str(error.detail), **(error.headers or {}))
 
+    # Last resort: a bug, never an answer to bad input (tests/api/test_fuzz.py checks that
+    # no drawn input gets here). The message names no server paths.
     @app.exception_handler(Exception)
     async def unexpected(_: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return error_response(500, "server", f"{type(error).__name__}: {error}")
+        return error_response(500, "server", describe(error))

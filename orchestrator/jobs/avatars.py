@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.errors import Conflict, NotFound, PipelineError
+from orchestrator.errors import Conflict, NotFound, PipelineError, TritonUnavailable, describe
+from orchestrator.jobs.readiness import TritonGate
 from orchestrator.jobs.store import FAILED, PREPARING, READY, AvatarRecord, JobStore
+from orchestrator.pipeline.avatar import Avatar
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
 from orchestrator.storage import Storage
@@ -31,8 +34,10 @@ class Avatars:
         store: JobStore,
         storage: Storage,
         admission: asyncio.Lock,
+        gate: TritonGate,
     ) -> None:
         self.settings = settings
+        self.gate = gate
         # Shared with the scheduler: "is it in use?" and "delete" happen as one step
         # against "does it exist?" and "queue a job" there.
         self.admission = admission
@@ -106,13 +111,31 @@ class Avatars:
         self._tasks[record.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(record.id, None))
 
+    async def _prepare_through_outages(
+        self, record: AvatarRecord, on_frame: Callable[[int], None]
+    ) -> Avatar:
+        """Prepares once Triton is ready; an outage midway costs an attempt, not the
+        avatar (past DH_MAX_ATTEMPTS it fails with the outage as its reason)."""
+        for attempt in range(1, self.settings.max_attempts + 1):
+            await self.gate.wait_open()
+            try:
+                async with self._slots:
+                    return await self.engine.prepare_avatar(
+                        Path(record.source_path), on_frame, record.source_name
+                    )
+            except TritonUnavailable as exc:
+                self.gate.report_down(exc.message)
+                if attempt == self.settings.max_attempts:
+                    raise
+                log.warning("avatar %s: %s; prepared again when Triton is back", record.id, exc)
+        raise AssertionError("max_attempts >= 1")
+
     async def _prepare(self, record: AvatarRecord) -> None:
         def on_frame(count: int) -> None:
             self._frames_seen[record.id] = count
 
         try:
-            async with self._slots:
-                avatar = await self.engine.prepare_avatar(Path(record.source_path), on_frame)
+            avatar = await self._prepare_through_outages(record, on_frame)
             record.state = READY
             record.frames, record.fps = avatar.frame_count, avatar.fps
             record.width, record.height = avatar.width, avatar.height
@@ -124,7 +147,7 @@ class Avatars:
         except Exception as exc:  # an untyped fault still ends the avatar with a reason
             log.exception("preparing avatar %s failed", record.id)
             record.state = FAILED
-            record.error = {"stage": STAGE, "message": f"{type(exc).__name__}: {exc}"}
+            record.error = {"stage": STAGE, "message": describe(exc)}
         finally:
             self._frames_seen.pop(record.id, None)
         record.finished_at = time.time()

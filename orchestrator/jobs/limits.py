@@ -126,7 +126,7 @@ def _audio_header_seconds(path: Path, partial: bool, label: str) -> float | None
         ) from None
     with container:
         if not container.streams.audio:
-            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            kinds = sorted({str(s.type) for s in container.streams}) or ["none"]
             raise BadInput(
                 "decode", f"audio {label}: has no audio stream (streams: {', '.join(kinds)})"
             )

@@ -9,6 +9,10 @@ Restart recovery: a job found "running" at start-up was cut off by a crash or a 
 is queued again, and its attempt counter (starts so far) decides: past `max_attempts` it
 fails with the reason "interrupted". A graceful shutdown puts running jobs back in the
 queue without counting the attempt.
+
+Triton outages: no job starts while Triton is not ready (TritonGate); a job whose Triton
+went away mid-render goes back to the queue with the attempt counted, and runs again
+when Triton is back (past `max_attempts` it fails with the outage as its reason).
 """
 
 from __future__ import annotations
@@ -19,12 +23,22 @@ import math
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.errors import Backlogged, BadInput, Conflict, NotFound, PipelineError
+from orchestrator.errors import (
+    Backlogged,
+    BadInput,
+    Conflict,
+    NotFound,
+    PipelineError,
+    TritonUnavailable,
+    describe,
+)
 from orchestrator.jobs.avatars import Avatars
 from orchestrator.jobs.limits import job_deadline_s
+from orchestrator.jobs.readiness import TritonGate
 from orchestrator.jobs.store import (
     CANCELLED,
     FAILED,
@@ -38,6 +52,7 @@ from orchestrator.jobs.store import (
 from orchestrator.jobs.webhook import WebhookSender
 from orchestrator.logs import current_job
 from orchestrator.metrics import ServiceMetrics
+from orchestrator.pipeline.encode import Watermark
 from orchestrator.pipeline.runner import Engine, Progress
 from orchestrator.settings import Settings
 from orchestrator.storage import Storage
@@ -72,6 +87,10 @@ class JobInputs:
     registered_avatar: bool
     client_code: str | None = None
     webhook_url: str | None = None
+    audio_name: str | None = None  # the inputs as the client named them, for messages
+    video_name: str | None = None
+    watermark: bool = False
+    super_resolution: bool = False
 
 
 class Scheduler:
@@ -85,6 +104,8 @@ class Scheduler:
         metrics: ServiceMetrics,
         webhooks: WebhookSender,
         admission: asyncio.Lock,
+        gate: TritonGate,
+        on_succeeded: Callable[[JobRecord], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -100,6 +121,12 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._recent_seconds: deque[float] = deque(maxlen=RECENT_JOBS)
+        # Started and stopped by the owner (shared with avatar preparation).
+        self.gate = gate
+        gate.on_open(self._wake.set)
+        # Awaited before a success is recorded (HeyGem's result file must exist by then);
+        # a PipelineError from it fails the job instead.
+        self.on_succeeded = on_succeeded
 
     # life cycle
 
@@ -174,6 +201,10 @@ class Scheduler:
                 registered_avatar=inputs.registered_avatar,
                 client_code=inputs.client_code,
                 webhook_url=inputs.webhook_url,
+                audio_name=inputs.audio_name,
+                video_name=inputs.video_name,
+                watermark=inputs.watermark,
+                super_resolution=inputs.super_resolution,
             )
             try:
                 await self.store.add_job(job)
@@ -238,6 +269,8 @@ class Scheduler:
             self._wake.clear()
             if len(self._running) >= self.settings.max_running_jobs:
                 continue
+            if not self.gate.is_open:
+                continue  # queued jobs wait; the gate wakes this loop when Triton is back
             for job in await self.store.jobs_in((QUEUED,)):
                 if len(self._running) >= self.settings.max_running_jobs:
                     break
@@ -253,7 +286,10 @@ class Scheduler:
             await self._render(job, entry)
             entry.finishing = True
             # Recording the outcome must not be cut in half by a late cancel.
-            await asyncio.shield(self._finish(job, entry))
+            if job.state == QUEUED:
+                await asyncio.shield(self._requeue_after_outage(job, entry))
+            else:
+                await asyncio.shield(self._finish(job, entry))
         finally:
             self._running.pop(job.id, None)
             self._wake.set()
@@ -262,13 +298,22 @@ class Scheduler:
         """Runs the pipeline; leaves the outcome on `job`. Re-raises only a shutdown."""
 
         counted = 0
+        recorded_stage = "decode"
+        stage_saves: set[asyncio.Task[None]] = set()
 
         def on_progress(progress: Progress) -> None:
-            nonlocal counted
+            nonlocal counted, recorded_stage
             entry.progress = progress
             if progress.frames_done > counted:
                 self.metrics.frames_rendered(progress.frames_done - counted)
                 counted = progress.frames_done
+            if progress.stage != recorded_stage:
+                # Kept in the store as it changes: a job cut off by a crash is reported in
+                # the stage it was in, not the one it started in.
+                recorded_stage = progress.stage
+                save = asyncio.create_task(self.store.set_job_stage(job.id, progress.stage))
+                stage_saves.add(save)
+                save.add_done_callback(stage_saves.discard)
 
         try:
             job.state, job.started_at, job.finished_at = RUNNING, time.time(), None
@@ -283,6 +328,9 @@ class Scheduler:
                     Path(job.audio_path),
                     self.storage.result_path(job.id),
                     on_progress,
+                    watermark=Watermark.from_settings(self.settings) if job.watermark else None,
+                    audio_name=job.audio_name,
+                    avatar_name=job.video_name,
                 )
             job.state = SUCCEEDED
             job.stage_seconds = dict(result.stage_seconds)
@@ -313,18 +361,30 @@ class Scheduler:
                 raise
             job.state = CANCELLED
             job.error = {"stage": self._stage(entry, job), "message": "cancelled by the client"}
+        except TritonUnavailable as exc:
+            # Not the job's fault: it waits in the queue for Triton, its attempt counted.
+            self.gate.report_down(exc.message)
+            if job.attempts < self.settings.max_attempts:
+                job.state, job.error = QUEUED, exc.as_record()
+            else:
+                job.state, job.error = FAILED, exc.as_record()
         except PipelineError as exc:
             job.state, job.error = FAILED, exc.as_record()
         except Exception as exc:  # an untyped fault still ends the job with a reason
             log.exception("job %s failed unexpectedly", job.id)
             job.state = FAILED
-            job.error = {
-                "stage": self._stage(entry, job),
-                "message": f"{type(exc).__name__}: {exc}",
-            }
+            job.error = {"stage": self._stage(entry, job), "message": describe(exc)}
+        finally:
+            # The stage records go first: each only updates a job that is still running.
+            await asyncio.gather(*stage_saves, return_exceptions=True)
 
     async def _finish(self, job: JobRecord, entry: _Running) -> None:
         job.finished_at = time.time()
+        if job.state == SUCCEEDED and self.on_succeeded is not None:
+            try:
+                await self.on_succeeded(job)
+            except PipelineError as exc:
+                job.state, job.error = FAILED, exc.as_record()
         if job.state == SUCCEEDED:
             job.stage = "done"
         else:
@@ -345,6 +405,21 @@ class Scheduler:
         self.metrics.job_finished(job.state, seconds, job.stage_seconds)
         log.info("job %s %s after %.2f s", job.id, job.state, seconds)
         self.webhooks.send(job)
+
+    async def _requeue_after_outage(self, job: JobRecord, entry: _Running) -> None:
+        """Back in the queue after Triton went away; the error stays on the record (as the
+        reason it is waiting) until the job starts again."""
+        assert job.error is not None
+        log.warning(
+            "job %s: Triton went away in stage %s (attempt %d of %d); queued again",
+            job.id,
+            job.error["stage"],
+            job.attempts,
+            self.settings.max_attempts,
+        )
+        job.stage = self._stage(entry, job)
+        job.started_at = None
+        await self.store.save_job(job)
 
     async def _requeue_after_shutdown(self, job: JobRecord) -> None:
         job.state, job.started_at = QUEUED, None

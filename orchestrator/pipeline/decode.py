@@ -8,7 +8,7 @@ player would show it. Audio comes out as 16 kHz mono float32, the rate the mel n
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +64,7 @@ def _open(path: Path, what: str, name: str | None = None) -> av.container.InputC
 
 def _video_stream(container: av.container.InputContainer, label: str) -> av.VideoStream:
     if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        kinds = sorted({str(s.type) for s in container.streams}) or ["none"]
         raise BadInput(STAGE, f"avatar {label}: has no video stream (streams: {', '.join(kinds)})")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -112,7 +112,9 @@ def probe_video(path: Path, name: str | None = None) -> VideoInfo:
     return VideoInfo(path, width, height, fps, frames, duration, rotation)
 
 
-def read_video_frames(path: Path, fps: float, name: str | None = None) -> Iterator[np.ndarray]:
+def read_video_frames(
+    path: Path, fps: float, name: str | None = None
+) -> Generator[np.ndarray, None, None]:
     """Upright BGR frames at exactly `fps`, chosen by presentation time.
 
     Output frame j shows the input frame on screen at time j / fps (from the first frame):
@@ -154,7 +156,7 @@ def decode_audio(path: Path, name: str | None = None) -> np.ndarray:
     label = name or path.name
     with _open(path, "audio", name) as container:
         if not container.streams.audio:
-            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            kinds = sorted({str(s.type) for s in container.streams}) or ["none"]
             raise BadInput(
                 STAGE, f"audio {label}: has no audio stream (streams: {', '.join(kinds)})"
             )

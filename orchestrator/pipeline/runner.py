@@ -25,9 +25,9 @@ from orchestrator.models import ServedModels, load_served_models
 from orchestrator.pipeline import avatar as avatar_stage
 from orchestrator.pipeline.boxes import has_face
 from orchestrator.pipeline.composite import composite
-from orchestrator.pipeline.decode import decode_audio
+from orchestrator.pipeline.decode import decode_audio, require_input
 from orchestrator.pipeline.drive import drive, output_fps, output_frame_count, pingpong
-from orchestrator.pipeline.encode import Mp4Writer, encode, pick_encoder
+from orchestrator.pipeline.encode import Mp4Writer, Watermark, encode, pick_encoder
 from orchestrator.pipeline.infer import BatchTask, infer
 from orchestrator.pipeline.mel import SAMPLE_RATE, mel_spectrogram
 from orchestrator.pipeline.stages import FRAME_QUEUE_DEPTH, DrivenFrame, StageClock, guarded
@@ -149,13 +149,17 @@ class Engine:
             pool.shutdown(wait=True, cancel_futures=True)
 
     async def prepare_avatar(
-        self, video: Path, on_frame: Callable[[int], None] | None = None
+        self,
+        video: Path,
+        on_frame: Callable[[int], None] | None = None,
+        name: str | None = None,
     ) -> avatar_stage.Avatar:
+        """`name`: the video as its owner knows it (an upload's filename), for messages."""
         with self._pool() as pool:
             return await guarded(
                 "avatar",
                 avatar_stage.prepare_avatar(
-                    video, self.avatars_dir, self.client, self.settings, pool, on_frame
+                    video, self.avatars_dir, self.client, self.settings, pool, on_frame, name
                 ),
             )
 
@@ -165,15 +169,29 @@ class Engine:
         audio: Path,
         out: Path,
         on_progress: ProgressCallback | None = None,
+        watermark: Watermark | None = None,
+        *,
+        audio_name: str | None = None,
+        avatar_name: str | None = None,
     ) -> JobResult:
-        """Renders `out` (an MP4) from an avatar video and a speech track."""
+        """Renders `out` (an MP4) from an avatar video and a speech track; `watermark` is
+        drawn on every frame of this job's output. The names are the inputs as the user
+        knows them (an upload's filename): messages use them, never the server's paths."""
         progress = Progress()
         report = on_progress or (lambda _: None)
         clock = StageClock()
         started = time.monotonic()
+        # Both inputs are checked before any work, so a missing avatar is not found only
+        # after the audio has been decoded.
+        await guarded("decode", asyncio.to_thread(require_input, audio, "audio", audio_name))
+        await guarded(
+            "decode", asyncio.to_thread(require_input, avatar_video, "avatar", avatar_name)
+        )
         with self._pool() as pool:
             report(progress)
-            samples = await guarded("decode", clock.run("decode", pool, decode_audio, audio))
+            samples = await guarded(
+                "decode", clock.run("decode", pool, decode_audio, audio, audio_name)
+            )
             progress.stage = "avatar"
             report(progress)
             t0 = time.perf_counter()
@@ -191,6 +209,7 @@ class Engine:
                     self.settings,
                     pool,
                     on_avatar_frame,
+                    avatar_name,
                 ),
             )
             clock.add("avatar", time.perf_counter() - t0)
@@ -204,7 +223,7 @@ class Engine:
             progress.frames_started = time.monotonic()
             report(progress)
             output = await self._stream(
-                avatar, mel, fps, total, audio, out, pool, clock, progress, report
+                avatar, mel, fps, total, audio, out, pool, clock, progress, report, watermark
             )
         return JobResult(
             output=output,
@@ -229,6 +248,7 @@ class Engine:
         clock: StageClock,
         progress: Progress,
         report: ProgressCallback,
+        watermark: Watermark | None = None,
     ) -> Path:
         """drive → infer → composite → encode, streaming, as one task group."""
         served = self.served
@@ -257,6 +277,7 @@ class Engine:
                 fps,
                 audio,
                 self.video_codec,
+                watermark,
             ),
         )
         try:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import ServerFactory, register_avatar
-from tests.api.server import submit_job, wait_for_job, wait_until_rendering
+from synthmedia.avatar import write_avatar_video
+from tests.api.conftest import AVATAR_SIZE, ServerFactory, register_avatar
+from tests.api.server import (
+    TERMINAL,
+    poll_until,
+    submit_job,
+    wait_for_job,
+    wait_until_rendering,
+)
 
 RENDER_DEADLINE_S = 120.0
 
@@ -26,8 +32,7 @@ def _kill_mid_job(
         job_id = submit_job(client, audio, avatar_id=avatar_id).json()["id"]
         rendering = wait_until_rendering(client, job_id)
     assert rendering["state"] == "running", rendering
-    first.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
-    first.process.wait(10)  # type: ignore[union-attr]
+    first.kill()  # SIGKILL: no shutdown code runs
     return job_id
 
 
@@ -92,3 +97,34 @@ def test_queued_jobs_survive_a_graceful_restart(
 
     assert [job["state"] for job in jobs] == ["succeeded"] * (queued_jobs + 1)
     assert jobs[0]["attempts"] == 1, "a graceful stop must not count as an attempt"
+
+
+def test_a_job_interrupted_while_preparing_its_avatar_fails_in_the_avatar_stage(
+    server_factory: ServerFactory, speech: Path, tmp_path: Path
+) -> None:
+    # A video no test has prepared, detected on every frame: preparing it takes seconds.
+    video = tmp_path / "new-face.mp4"
+    write_avatar_video(video, seconds=3.0, fps=25, size=AVATAR_SIZE)
+    data_dir = tmp_path / "data"
+    first = server_factory(data_dir=data_dir, max_attempts=1, detect_every=1)
+    with first.client() as client:
+        job_id = submit_job(client, speech, video=video).json()["id"]
+        poll_until(
+            lambda: client.get(f"/v1/jobs/{job_id}").json(),
+            lambda job: job["progress"]["stage"] == "avatar" or job["state"] in TERMINAL,
+            60.0,
+            "the job preparing its avatar",
+        )
+        # The stage is stored as it changes, after the live figure this answer showed.
+        client.get(f"/v1/jobs/{job_id}")
+    first.kill()  # SIGKILL: no shutdown code runs
+
+    second = server_factory(data_dir=data_dir, max_attempts=1)
+    with second.client() as client:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+    second.stop()
+
+    assert job["state"] == "failed", job
+    assert job["error"]["stage"] == "avatar", job["error"]
+    assert job["error"]["message"].startswith("interrupted"), job["error"]
+    assert not list((data_dir / "avatars").glob(".*.partial")), "start-up clears partial avatars"

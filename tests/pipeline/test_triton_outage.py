@@ -4,7 +4,6 @@ keeps its type, and costs DH_TRITON_RETRY_DEADLINE_S, not the request timeout.""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,6 @@ RETRY_DEADLINE_S = 1.0
 REQUEST_TIMEOUT_S = 120.0
 # Retry deadline, the in-flight requests failing, and a 2-core machine's scheduling.
 FAILURE_WITHIN_S = 15.0
-
-
-@pytest.fixture
-def killable(built_models: Path, tmp_path: Path) -> Iterator[KillableTriton]:
-    triton = KillableTriton(built_models, tmp_path / "triton").start()
-    yield triton
-    triton.stop()
 
 
 def _settings(triton: KillableTriton, data_dir: Path) -> Settings:
@@ -67,15 +59,15 @@ async def _generate_and_kill(
 
 
 async def test_triton_killed_during_detection_fails_the_avatar_stage_naming_the_detector(
-    killable: KillableTriton, tmp_path: Path
+    killable_triton: KillableTriton, tmp_path: Path
 ) -> None:
     error, seconds = await _generate_and_kill(
-        killable, _settings(killable, tmp_path / "data"), tmp_path, "avatar"
+        killable_triton, _settings(killable_triton, tmp_path / "data"), tmp_path, "avatar"
     )
 
     assert error.stage == "avatar"
     assert error.model == "face_detector"
-    assert "unavailable" in error.message and killable.grpc_url in error.message
+    assert "unavailable" in error.message and killable_triton.grpc_url in error.message
     assert "TaskGroup" not in error.message and "Exception" not in error.message
     assert seconds < FAILURE_WITHIN_S
     # The half-prepared avatar leaves nothing behind.
@@ -83,14 +75,14 @@ async def test_triton_killed_during_detection_fails_the_avatar_stage_naming_the_
 
 
 async def test_triton_killed_during_inference_fails_the_infer_stage_naming_lipsync(
-    killable: KillableTriton, tmp_path: Path
+    killable_triton: KillableTriton, tmp_path: Path
 ) -> None:
     error, seconds = await _generate_and_kill(
-        killable, _settings(killable, tmp_path / "data"), tmp_path, "infer"
+        killable_triton, _settings(killable_triton, tmp_path / "data"), tmp_path, "infer"
     )
 
     assert error.stage == "infer"
     assert error.model == "lipsync"
-    assert "unavailable" in error.message and killable.grpc_url in error.message
+    assert "unavailable" in error.message and killable_triton.grpc_url in error.message
     assert "TaskGroup" not in error.message
     assert seconds < FAILURE_WITHIN_S
