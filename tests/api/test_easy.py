@@ -10,8 +10,9 @@ from pathlib import Path
 
 import httpx
 
+from tests.api.conftest import ServerFactory
 from tests.api.receivers import file_server
-from tests.api.server import ApiServer, poll_until
+from tests.api.server import ApiServer, poll_until, wait_until_rendering
 
 SUCCESS, BUSY, BAD_PARAM, NOT_FOUND, SYSTEM_ERROR = 10000, 10001, 10002, 10004, 9999
 DONE, FAILED = 2, 3
@@ -133,3 +134,27 @@ def test_without_heygems_folder_the_result_is_this_servers_url(
     assert _submit(client, tiny_speech.name, avatar_id, code).json()["code"] == SUCCESS
     data = _query_until_done(client, code)["data"]
     assert data["result"] == f"/v1/jobs/{data['job_id']}/result"
+
+
+def test_a_full_backlog_is_http_200_busy_with_retry_after(
+    server_factory: ServerFactory,
+    api_media: Path,
+    avatar_video: Path,
+    long_speech: Path,
+    tiny_speech: Path,
+) -> None:
+    # HeyGem's app treats 10001 as "try later", not as a failure; a 429 would end its loop.
+    one_slot = server_factory(max_running_jobs=1, max_backlog=0, local_input_dir=api_media)
+    with one_slot.client() as client:
+        first = _submit(client, long_speech.name, avatar_video.name, str(uuid.uuid4()))
+        assert first.json()["code"] == SUCCESS, first.text
+        wait_until_rendering(client, first.json()["data"]["job_id"])
+
+        refused = _submit(client, tiny_speech.name, avatar_video.name, str(uuid.uuid4()))
+
+        client.delete(f"/v1/jobs/{first.json()['data']['job_id']}")
+    one_slot.stop()
+    assert refused.status_code == 200, refused.text
+    assert refused.json()["code"] == BUSY and refused.json()["success"] is False
+    assert "backlog is full" in refused.json()["msg"]
+    assert int(refused.headers["retry-after"]) >= 1
