@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from orchestrator.errors import BadInput, PipelineError, describe
 from orchestrator.pipeline.runner import Engine
@@ -75,6 +76,14 @@ async def prepare(settings: Settings, video: Path) -> None:
 
 
 async def _preflight(settings: Settings) -> None:
+    from orchestrator.jobs.store import open_store
+    from orchestrator.storage import check_storage
+
+    # The job store first (one line naming it and where if unreachable), then Triton.
+    store = await open_store(settings)
+    await store.close()
+    # Object storage (DH_STORAGE_URL): one line naming the bucket and endpoint, never keys.
+    await check_storage(settings)
     async with Engine(settings):
         pass
 
@@ -136,7 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("video", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="dh: %(levelname)s: %(message)s")
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for problem in exc.errors():
+            where = ".".join(str(part) for part in problem["loc"])
+            name = f"DH_{where.upper()}: " if where else ""
+            reason = str(problem["msg"]).removeprefix("Value error, ")
+            print(f"dh: settings: {name}{reason}", file=sys.stderr)
+        return 2
     try:
         if args.verb == "probe":
             asyncio.run(probe(settings))

@@ -1,7 +1,8 @@
 """Prometheus metrics of the orchestrator, in a registry owned by the app (no globals).
 
 Jobs by state and the backlog are read from the store at scrape time, so they are right
-after a restart too; durations, frames and Triton latency are observed as they happen.
+after a restart too and the same on every replica of a fleet (`dh_running_jobs` alone is
+this replica's); durations, frames and Triton latency are observed as they happen.
 GPU gauges come from NVML when a GPU is present and are simply absent otherwise.
 """
 
@@ -30,10 +31,14 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.jobs = Gauge("dh_jobs", "Jobs in the store by state", ["state"], registry=r)
+        self.jobs = Gauge(
+            "dh_jobs", "Jobs in the store by state, every replica's", ["state"], registry=r
+        )
         self.avatars = Gauge("dh_avatars", "Avatars in the store by state", ["state"], registry=r)
-        self.backlog = Gauge("dh_backlog_jobs", "Jobs queued and not yet running", registry=r)
-        self.running = Gauge("dh_running_jobs", "Jobs rendering now", registry=r)
+        self.backlog = Gauge(
+            "dh_backlog_jobs", "Jobs queued and not yet running, every replica's", registry=r
+        )
+        self.running = Gauge("dh_running_jobs", "Jobs rendering now on this replica", registry=r)
         self.jobs_finished = Counter(
             "dh_jobs_finished", "Jobs that ended, by final state", ["state"], registry=r
         )

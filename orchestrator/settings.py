@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _SHORT_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
@@ -25,7 +25,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DH_", env_file=None, extra="ignore")
 
     # Triton
-    triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC address host:port")
+    triton_url: str = Field(
+        "127.0.0.1:8001",
+        description="Triton gRPC address: host:port, dns:///name:port (every address of a DNS "
+        "name, e.g. a Kubernetes headless service) or a list ip:port,ip:port; requests are "
+        "spread over the servers by gRPC's round_robin (orchestrator/triton_url.py)",
+    )
     triton_metrics_url: str = Field("http://127.0.0.1:8002/metrics")
     lipsync_model: str = "lipsync"
     detector_model: str = "face_detector"
@@ -49,15 +54,41 @@ class Settings(BaseSettings):
         description="how prepared avatars keep their frames (raw: exact, ~6 MB a 1080p frame)",
     )
     avatar_jpeg_quality: int = Field(95, ge=50, le=100, description="JPEG quality of stored frames")
-    detector_batch_size: int = Field(8, ge=1, description="frames per face_detector request")
-    detect_every: int = Field(5, ge=1, description="run detection on every k-th avatar frame")
+    detector_batch_size: int = Field(2, ge=1, description="frames per face_detector request")
+    detect_every: int = Field(
+        4, ge=1, description="densest detection stride: where the face moves, every k-th frame"
+    )
     detect_max_side: int = Field(
-        480, ge=64, description="longest side of a frame as the detector sees it"
+        256, ge=64, description="longest side of a frame as the detector sees it"
     )
     face_score_threshold: float = Field(0.8, gt=0, lt=1)
     face_nms_iou: float = Field(0.1, gt=0, lt=1)
+    # Avatar preparation: the adaptive detection stride (orchestrator/pipeline/keyframes.py),
+    # chosen by `python -m benchmarks.avatar_prep` (docs/performance.md).
+    detect_stride_max: int = Field(
+        16, ge=1, description="sparsest detection stride: while neighbouring detections agree"
+    )
+    detect_agree_iou: float = Field(
+        0.9, gt=0, le=1, description="IoU at which two detections count as the same box"
+    )
+    # Triton's dynamic batcher merges every queued request: more than one in flight makes
+    # the frames that rendering waits for wait behind later ones.
+    detect_in_flight: int = Field(
+        1, ge=1, description="face_detector requests one avatar preparation keeps in flight"
+    )
     output_fps: float | None = Field(None, gt=0, description="default: the avatar's rate")
     video_encoder: str = Field("libx264", description="libx264 or h264_nvenc")
+    # Encoder: libx264's settings, chosen by measurement (docs/performance.md, "Encoder";
+    # `python -m benchmarks.encoder` prints the table). h264_nvenc ignores them.
+    x264_preset: Literal[
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"
+    ] = Field("superfast", description="libx264 preset: speed against bits for one quality")
+    x264_crf: float = Field(
+        20.0, ge=0, le=51, description="libx264 constant rate factor: lower is better, bigger"
+    )
+    encode_threads: int = Field(
+        0, ge=0, description="libx264 threads per job; 0: libx264's own choice (1.5 per core)"
+    )
     work_threads: int = Field(4, ge=1, description="threads for decode, resize and encode")
     require_gpu: bool = Field(
         False, description="fail at start-up unless NVML sees a GPU (set on GPU hosts)"
@@ -165,3 +196,61 @@ class Settings(BaseSettings):
     watermark_position: Literal["top-left", "top-right", "bottom-left", "bottom-right"] = Field(
         "bottom-right", description="the corner the watermark sits in"
     )
+
+    # Fleet: object storage (orchestrator/storage/s3.py). Unset: everything on local disk.
+    storage_url: str | None = Field(
+        None,
+        description="s3://bucket/prefix: uploads, prepared avatars and results in an "
+        "S3-compatible store (scratch stays local); unset: the data directory",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="the S3 API's URL (MinIO, SeaweedFS, ...); unset: AWS's own"
+    )
+    s3_region: str | None = Field(None, description="the bucket's region; unset: AWS's chain")
+    # Secrets: pydantic masks them in repr and logs; unset: the standard AWS variables,
+    # shared credentials file or instance role (boto3's credential chain).
+    s3_access_key_id: SecretStr | None = Field(None, description="unset: AWS's credential chain")
+    s3_secret_access_key: SecretStr | None = Field(
+        None, description="unset: AWS's credential chain"
+    )
+    s3_result_delivery: Literal["stream", "redirect"] = Field(
+        "stream",
+        description="GET /v1/jobs/{id}/result: stream through the service (Range passed to "
+        "S3), or redirect (307) to a presigned URL the client fetches from the store",
+    )
+    s3_presign_expiry_s: int = Field(
+        900, ge=1, le=7 * 86400, description="lifetime of a presigned result URL"
+    )
+    s3_timeout_s: float = Field(
+        10.0, gt=0, description="connect and read timeout of one S3 request"
+    )
+
+    # Fleet: job store and leases (orchestrator/jobs/store, orchestrator/jobs/leases.py).
+    database_url: SecretStr | None = Field(
+        None,
+        description="postgresql://user:password@host:port/db: the job store shared by every "
+        "replica; unset: SQLite in the data directory (one host)",
+    )
+    replica_id: str | None = Field(
+        None,
+        description="this replica's stable name; a restart under the same name takes back its "
+        "own running jobs at once. Unset: host name and data directory",
+    )
+    lease_s: float = Field(
+        20.0, gt=0, description="how long a running job stays this replica's without a heartbeat"
+    )
+    lease_heartbeat_s: float = Field(
+        5.0,
+        gt=0,
+        description="how often leases are renewed, progress written and expired leases swept "
+        "(must be below DH_LEASE_S); a dead replica's job runs again within about both added",
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.lease_heartbeat_s >= self.lease_s:
+            raise ValueError(
+                f"DH_LEASE_HEARTBEAT_S ({self.lease_heartbeat_s:g}) must be below DH_LEASE_S "
+                f"({self.lease_s:g}): leases would expire between heartbeats"
+            )
+        return self

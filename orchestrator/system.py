@@ -79,7 +79,7 @@ def _model(spec: ModelSpec) -> dict[str, object]:
 
 
 async def system_report(engine: Engine) -> dict[str, object]:
-    census = await asyncio.to_thread(engine.gpu_probe)
+    census = await engine.probe_gpus()
     served = engine.served
     try:
         metrics = triton_figures(await asyncio.to_thread(_read, engine.settings.triton_metrics_url))

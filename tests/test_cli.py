@@ -125,3 +125,18 @@ def test_serve_on_a_host_without_the_required_gpu_fails_with_one_line(
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("dh: startup: ")
     assert "Traceback" not in done.stderr
+
+
+def test_a_bad_setting_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    done = _dh(["probe"], {"DH_MAX_BACKLOG": "-1", "DH_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line == "dh: settings: DH_MAX_BACKLOG: Input should be greater than or equal to 0"
+
+
+def test_a_heartbeat_slower_than_the_lease_is_refused_in_one_line(tmp_path: Path) -> None:
+    env = {"DH_LEASE_S": "5", "DH_LEASE_HEARTBEAT_S": "6", "DH_DATA_DIR": str(tmp_path)}
+    done = _dh(["serve"], env)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("dh: settings: DH_LEASE_HEARTBEAT_S (6) must be below DH_LEASE_S (5)")

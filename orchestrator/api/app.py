@@ -42,17 +42,16 @@ from orchestrator.jobs.avatars import Avatars
 from orchestrator.jobs.readiness import TritonGate
 from orchestrator.jobs.retention import Retention
 from orchestrator.jobs.scheduler import Scheduler
-from orchestrator.jobs.store import JobRecord, SqliteStore
+from orchestrator.jobs.store import JobRecord, StoreUnavailable, open_store
 from orchestrator.jobs.views import job_document
 from orchestrator.jobs.webhook import WebhookSender
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.outbound import fetch_policy, guarded_client, webhook_policy
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
-from orchestrator.storage import LocalStorage
+from orchestrator.storage import StorageUnavailable, open_storage
 
 log = logging.getLogger(__name__)
-DB_NAME = "service.db"
 REQUEST_TIMEOUT, PAYLOAD_TOO_LARGE = 408, 413
 # A body that breaks its schema everywhere (deep JSON, thousands of items) would otherwise
 # make a message as long as itself.
@@ -65,9 +64,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with AsyncExitStack() as stack:
         io_pool = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="dh-io")
         stack.callback(io_pool.shutdown, wait=True, cancel_futures=True)
-        store = await SqliteStore(settings.data_dir / DB_NAME).open()
+        # SQLite in the data directory, or the PostgreSQL that DH_DATABASE_URL names.
+        store = await open_store(settings)
         stack.push_async_callback(store.close)
-        storage = LocalStorage(settings.data_dir, io_pool)
+        # The data directory, or the S3 bucket DH_STORAGE_URL names (checked: HeadBucket).
+        storage = await open_storage(settings, io_pool)
+        stack.push_async_callback(storage.close)
         service_metrics = ServiceMetrics()
         stack.callback(service_metrics.close)
         engine = Engine(settings)
@@ -173,6 +175,8 @@ def http_status(error: PipelineError) -> int:
         (Backlogged, 429),
         (BadInput, 422),
         (TritonUnavailable, 503),
+        (StoreUnavailable, 503),
+        (StorageUnavailable, 503),
     ):
         if isinstance(error, kind):
             return status

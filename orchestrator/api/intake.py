@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from orchestrator.api.deps import Service
-from orchestrator.errors import BadInput, Conflict
+from orchestrator.errors import BadInput
 from orchestrator.jobs.limits import AudioInfo, check_audio, check_video
 from orchestrator.jobs.scheduler import JobInputs
-from orchestrator.jobs.store import FAILED, JobRecord, is_unique_violation
+from orchestrator.jobs.store import FAILED, JobRecord
 from orchestrator.jobs.webhook import check_webhook_url
 from orchestrator.pipeline.decode import VideoInfo
 
@@ -90,9 +90,5 @@ async def submit_job(
             watermark=watermark,
             super_resolution=super_resolution,
         )
-    try:
-        return await service.scheduler.submit(inputs)
-    except Exception as exc:
-        if is_unique_violation(exc):
-            raise Conflict(STAGE, f"a job with code '{client_code}' exists already") from None
-        raise
+    # A client code used twice: DuplicateCode (409) from the store, whichever engine.
+    return await service.scheduler.submit(inputs)

@@ -197,6 +197,10 @@ class SystemReport(BaseModel):
     triton_metrics: dict[str, dict[str, float]] = Field(description="per model, from :8002")
     triton_metrics_error: str | None
     readiness_problems: list[str]
+    job_store: str = Field(description="the job store's engine and where it is, no credentials")
+    storage: dict[str, str] = Field(
+        description="where files are kept: kind 'local', or 's3' with bucket, prefix, endpoint"
+    )
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -1,14 +1,22 @@
-"""The scheduler: admission, at most N jobs at once, deadlines, cancellation, recovery.
+"""The scheduler: admission, at most N jobs at once per replica, deadlines, cancellation.
 
-The store is the queue: a job is a row in state "queued" until the dispatcher starts it,
-oldest first, whenever a slot is free. The dispatcher wakes on events (a submission, a
-job ending), never on a timer. Each running job is one asyncio task around
-`Engine.generate` under a deadline; cancelling the task cancels the pipeline's task group.
+The store is the queue: a job is a row in state "queued" until a replica claims it,
+oldest first, whenever it has a free slot. The dispatcher wakes on events (a submission,
+a job ending, another replica's NOTIFY, the lease sweep's tick), never on a bare timer.
+Each running job is one asyncio task around `Engine.generate` under a deadline;
+cancelling the task cancels the pipeline's task group.
 
-Restart recovery: a job found "running" at start-up was cut off by a crash or a kill. It
-is queued again, and its attempt counter (starts so far) decides: past `max_attempts` it
-fails with the reason "interrupted". A graceful shutdown puts running jobs back in the
-queue without counting the attempt.
+Admission is cluster-wide: the backlog bound counts every replica's queued jobs and the
+free slots of every live replica (the store checks and inserts as one step).
+
+Leases (orchestrator.jobs.leases) replace "running at start-up" recovery: a running job
+is held by its replica's lease; a job whose replica died is queued again once its lease
+expires (its attempt counted; past `max_attempts` it fails with "interrupted"). A
+graceful shutdown puts running jobs back in the queue without counting the attempt.
+
+Cancellation reaches the replica that runs the job: DELETE flags the row and sends an
+event; that replica stops the job, and the DELETE answers once the row says so (or after
+a bounded wait).
 
 Triton outages: no job starts while Triton is not ready (TritonGate); a job whose Triton
 went away mid-render goes back to the queue with the attempt counted, and runs again
@@ -37,17 +45,23 @@ from orchestrator.errors import (
     describe,
 )
 from orchestrator.jobs.avatars import Avatars
+from orchestrator.jobs.leases import Leases
 from orchestrator.jobs.limits import job_deadline_s
 from orchestrator.jobs.readiness import TritonGate
 from orchestrator.jobs.store import (
+    CANCEL_EVENT,
     CANCELLED,
+    ENDED_EVENT,
     FAILED,
     QUEUED,
+    QUEUED_EVENT,
     RUNNING,
     SUCCEEDED,
     TERMINAL_STATES,
+    JobProgress,
     JobRecord,
     JobStore,
+    StoreUnavailable,
 )
 from orchestrator.jobs.webhook import WebhookSender
 from orchestrator.logs import current_job
@@ -55,7 +69,7 @@ from orchestrator.metrics import ServiceMetrics
 from orchestrator.pipeline.encode import Watermark
 from orchestrator.pipeline.runner import Engine, Progress
 from orchestrator.settings import Settings
-from orchestrator.storage import Storage
+from orchestrator.storage import Storage, StorageUnavailable
 
 log = logging.getLogger(__name__)
 STAGE = "scheduler"
@@ -65,13 +79,16 @@ CANCEL_WAIT_S = 5.0
 DEFAULT_RETRY_AFTER_S = 5
 MAX_RETRY_AFTER_S = 600
 RECENT_JOBS = 20  # jobs whose durations estimate the wait
+# Recording a job's outcome while the store is away: tried again this often, until the
+# job's lease would have expired anyway (another replica then runs it again).
+RECORD_RETRY_S = 1.0
 
 
 @dataclass
 class _Running:
     task: asyncio.Task[None]
     progress: Progress | None = None
-    stopping_for: str | None = None  # "cancel" or "shutdown" once asked to stop
+    stopping_for: str | None = None  # "cancel", "shutdown" or "lost" once asked to stop
     finishing: bool = False  # the outcome is being recorded; too late to cancel
     started: float = field(default_factory=time.monotonic)
 
@@ -117,21 +134,41 @@ class Scheduler:
         # Held for check-then-insert of a job; Avatars holds it to check-then-delete.
         self.admission = admission
         self._running: dict[str, _Running] = {}
-        self._cancelling: set[str] = set()
+        self._ended: dict[str, asyncio.Event] = {}  # DELETEs waiting on another replica
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._recent_seconds: deque[float] = deque(maxlen=RECENT_JOBS)
         # Started and stopped by the owner (shared with avatar preparation).
         self.gate = gate
         gate.on_open(self._wake.set)
+        storage.on_available(self._wake.set)  # object storage back after an outage
         # Awaited before a success is recorded (HeyGem's result file must exist by then);
         # a PipelineError from it fails the job instead.
         self.on_succeeded = on_succeeded
+        self.leases = Leases(
+            settings,
+            store,
+            running=self._progress_of_running,
+            on_lost=lambda job_id: self._stop_job(job_id, "lost"),
+            on_cancel=lambda job_id: self._stop_job(job_id, "cancel"),
+            on_settled=self._settled_elsewhere,
+            on_tick=self._wake.set,
+        )
+
+    @property
+    def replica(self) -> str:
+        """This replica's lease owner name (the jobs' "replica")."""
+        return self.leases.owner
 
     # life cycle
 
     async def start(self) -> None:
-        await self._recover()
+        self.store.subscribe(self._on_event)
+        await self.leases.start()
+        for state in TERMINAL_STATES:
+            for job in await self.store.jobs_in((state,)):
+                if job.webhook_url and job.webhook is None:
+                    self.webhooks.send(job)
         self._dispatcher = asyncio.create_task(self._dispatch(), name="dispatcher")
         self._wake.set()
 
@@ -144,28 +181,27 @@ class Scheduler:
             entry.stopping_for = "shutdown"
             entry.task.cancel()
         await asyncio.gather(*(entry.task for entry in running), return_exceptions=True)
+        if running:
+            await self._notify(QUEUED_EVENT)  # another replica may take them now
+        await self.leases.stop()
 
-    async def _recover(self) -> None:
-        for job in await self.store.jobs_in((RUNNING,)):
-            if job.attempts >= self.settings.max_attempts:
-                log.warning("job %s interrupted %d times; failing it", job.id, job.attempts)
-                job.state, job.finished_at = FAILED, time.time()
-                job.error = {
-                    "stage": job.stage or STAGE,
-                    "message": f"interrupted: the server stopped while the job ran, "
-                    f"{job.attempts} times (DH_MAX_ATTEMPTS={self.settings.max_attempts})",
-                }
-                await self.store.save_job(job)
-                await self.storage.remove_job(job.id)
-                self.webhooks.send(job)
-            else:
-                log.info("job %s was running at shutdown; queued again", job.id)
-                job.state = QUEUED
-                await self.store.save_job(job)
-        for state in TERMINAL_STATES:
-            for job in await self.store.jobs_in((state,)):
-                if job.webhook_url and job.webhook is None:
-                    self.webhooks.send(job)
+    def _on_event(self, event: str) -> None:
+        """An event from any replica (through the store)."""
+        if event == QUEUED_EVENT:
+            self._wake.set()
+        elif event.startswith(CANCEL_EVENT):
+            self._stop_job(event.removeprefix(CANCEL_EVENT), "cancel")
+        elif event.startswith(ENDED_EVENT):
+            waiter = self._ended.get(event.removeprefix(ENDED_EVENT))
+            if waiter is not None:
+                waiter.set()
+            self._wake.set()  # a slot may be free on that replica's side of the count
+
+    async def _notify(self, event: str) -> None:
+        try:
+            await self.store.notify(event)
+        except StoreUnavailable as exc:  # the others find out at their next sweep
+            log.warning("could not tell the other replicas (%s): %s", event, exc.message)
 
     # admission
 
@@ -174,16 +210,6 @@ class Scheduler:
         async with self.admission:
             if inputs.registered_avatar and await self.store.get_avatar(inputs.avatar_id) is None:
                 raise BadInput("request", f"no avatar with id '{inputs.avatar_id}'")
-            counts = await self.store.count_jobs()
-            free_slots = max(0, self.settings.max_running_jobs - len(self._running))
-            if counts[QUEUED] >= self.settings.max_backlog + free_slots:
-                retry = self.retry_after_s(counts[QUEUED])
-                raise Backlogged(
-                    "admission",
-                    f"the backlog is full ({counts[QUEUED]} jobs queued, "
-                    f"{len(self._running)} running); try again in about {retry} s",
-                    retry,
-                )
             job_id = uuid.uuid4().hex
             job_dir = self.storage.job_dir(job_id)
             audio = await self.storage.adopt(inputs.audio, job_dir / f"audio{inputs.audio.suffix}")
@@ -207,18 +233,29 @@ class Scheduler:
                 super_resolution=inputs.super_resolution,
             )
             try:
-                await self.store.add_job(job)
+                admitted = await self.store.admit_job(job, self.settings.max_backlog)
             except BaseException:
                 await self.storage.remove_job(job_id)
                 raise
+            if not admitted.accepted:
+                await self.storage.remove_job(job_id)
+                retry = self.retry_after_s(admitted.queued, admitted.capacity)
+                raise Backlogged(
+                    "admission",
+                    f"the backlog is full ({admitted.queued} jobs queued, "
+                    f"{admitted.running} running); try again in about {retry} s",
+                    retry,
+                )
         self._wake.set()
+        await self._notify(QUEUED_EVENT)
         return job
 
-    def retry_after_s(self, queued: int) -> int:
+    def retry_after_s(self, queued: int, capacity: int | None = None) -> int:
         if not self._recent_seconds:
             return DEFAULT_RETRY_AFTER_S
         mean = sum(self._recent_seconds) / len(self._recent_seconds)
-        wait = mean * (queued + 1) / self.settings.max_running_jobs
+        slots = max(1, capacity or self.settings.max_running_jobs)
+        wait = mean * (queued + 1) / slots
         return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(wait))))
 
     # queries
@@ -230,36 +267,69 @@ class Scheduler:
     def running_count(self) -> int:
         return len(self._running)
 
+    def _progress_of_running(self) -> dict[str, JobProgress | None]:
+        return {
+            job_id: None
+            if entry.progress is None
+            else JobProgress(
+                entry.progress.stage,
+                entry.progress.frames_done,
+                entry.progress.frames_total,
+                round(entry.progress.frames_per_second, 2),
+            )
+            for job_id, entry in self._running.items()
+            if not entry.finishing
+        }
+
     # cancellation
+
+    def _stop_job(self, job_id: str, reason: str) -> None:
+        entry = self._running.get(job_id)
+        if entry is not None and not entry.finishing and entry.stopping_for is None:
+            entry.stopping_for = reason
+            entry.task.cancel()
 
     async def cancel(self, job_id: str) -> JobRecord:
         job = await self.store.get_job(job_id)
         if job is None:
             raise NotFound("jobs", f"no job with id '{job_id}'")
-        entry = self._running.get(job_id)
-        if entry is not None:
-            if not entry.finishing:
-                entry.stopping_for = "cancel"
-                entry.task.cancel()
-            await asyncio.wait({entry.task}, timeout=CANCEL_WAIT_S)
-        elif job.state == QUEUED:
-            # Not started and, being marked here before any await, never will be.
-            self._cancelling.add(job_id)
-            try:
-                job.state, job.finished_at = CANCELLED, time.time()
-                job.error = {"stage": "queued", "message": "cancelled by the client"}
-                await self.store.save_job(job)
+        if job.state == QUEUED:
+            # Only if still queued: a replica may claim it at the same moment.
+            job.state, job.finished_at = CANCELLED, time.time()
+            job.error = {"stage": "queued", "message": "cancelled by the client"}
+            if await self.store.update_job(job, was=QUEUED):
                 await self.storage.remove_job(job_id)
                 await self._forget_one_off_avatar(job)
-            finally:
-                self._cancelling.discard(job_id)
-            self.metrics.job_finished(CANCELLED, 0.0, {})
-            self.webhooks.send(job)
-        else:
+                self.metrics.job_finished(CANCELLED, 0.0, {})
+                self.webhooks.send(job)
+                return job
+            job = await self.store.get_job(job_id) or job  # claimed meanwhile: running now
+        entry = self._running.get(job_id)
+        if entry is not None:
+            self._stop_job(job_id, "cancel")
+            await asyncio.wait({entry.task}, timeout=CANCEL_WAIT_S)
+        elif job.state == RUNNING:
+            await self._cancel_elsewhere(job_id)
+        elif job.state not in (QUEUED, RUNNING):
             raise Conflict("jobs", f"job '{job_id}' has already {job.state}; nothing to cancel")
         latest = await self.store.get_job(job_id)
-        assert latest is not None
+        if latest is None:
+            raise NotFound("jobs", f"no job with id '{job_id}'")
         return latest
+
+    async def _cancel_elsewhere(self, job_id: str) -> None:
+        """Flags the row and tells the replica running the job; waits (bounded) for it to
+        record the end. Its heartbeat reads the flag too, should the event be missed."""
+        ended = self._ended.setdefault(job_id, asyncio.Event())
+        try:
+            if await self.store.request_cancel(job_id):
+                await self._notify(f"{CANCEL_EVENT}{job_id}")
+                async with asyncio.timeout(CANCEL_WAIT_S):
+                    await ended.wait()
+        except TimeoutError:
+            log.warning("job %s: cancel requested; its replica has not ended it yet", job_id)
+        finally:
+            self._ended.pop(job_id, None)
 
     # running
 
@@ -267,17 +337,18 @@ class Scheduler:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if len(self._running) >= self.settings.max_running_jobs:
-                continue
-            if not self.gate.is_open:
-                continue  # queued jobs wait; the gate wakes this loop when Triton is back
-            for job in await self.store.jobs_in((QUEUED,)):
-                if len(self._running) >= self.settings.max_running_jobs:
-                    break
-                if job.id in self._running or job.id in self._cancelling:
-                    continue
-                task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
-                self._running[job.id] = _Running(task)
+            if not self.gate.is_open or not self.storage.available:
+                continue  # queued jobs wait; Triton's gate or the storage wakes this loop
+            try:
+                while len(self._running) < self.settings.max_running_jobs:
+                    job = await self.store.claim_job(self.replica, self.settings.lease_s)
+                    if job is None:
+                        break
+                    task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+                    self._running[job.id] = _Running(task)
+            except StoreUnavailable as exc:
+                # The lease sweep wakes this loop again at its next tick.
+                log.warning("no job claimed: %s", exc.message)
 
     async def _run(self, job: JobRecord) -> None:
         current_job.set(job.id)
@@ -286,7 +357,9 @@ class Scheduler:
             await self._render(job, entry)
             entry.finishing = True
             # Recording the outcome must not be cut in half by a late cancel.
-            if job.state == QUEUED:
+            if entry.stopping_for == "lost":
+                log.warning("job %s: another replica holds it now; nothing recorded", job.id)
+            elif job.state == QUEUED:
                 await asyncio.shield(self._requeue_after_outage(job, entry))
             else:
                 await asyncio.shield(self._finish(job, entry))
@@ -295,7 +368,8 @@ class Scheduler:
             self._wake.set()
 
     async def _render(self, job: JobRecord, entry: _Running) -> None:
-        """Runs the pipeline; leaves the outcome on `job`. Re-raises only a shutdown."""
+        """Runs the pipeline on a claimed job; leaves the outcome on `job`. Re-raises only
+        a shutdown."""
 
         counted = 0
         recorded_stage = "decode"
@@ -311,27 +385,25 @@ class Scheduler:
                 # Kept in the store as it changes: a job cut off by a crash is reported in
                 # the stage it was in, not the one it started in.
                 recorded_stage = progress.stage
-                save = asyncio.create_task(self.store.set_job_stage(job.id, progress.stage))
+                save = asyncio.create_task(self._save_stage(job.id, progress.stage))
                 stage_saves.add(save)
                 save.add_done_callback(stage_saves.discard)
 
         try:
-            job.state, job.started_at, job.finished_at = RUNNING, time.time(), None
-            job.attempts += 1
-            job.stage, job.error, job.result = "decode", None, None
-            await self.store.save_job(job)
-            log.info("job %s started (attempt %d)", job.id, job.attempts)
+            log.info("job %s started (attempt %d) on %s", job.id, job.attempts, self.replica)
             async with asyncio.timeout(job.deadline_s):
                 await self.avatars.wait_prepared(job.avatar_id)
-                result = await self.engine.generate(
-                    Path(job.video_path),
-                    Path(job.audio_path),
-                    self.storage.result_path(job.id),
-                    on_progress,
-                    watermark=Watermark.from_settings(self.settings) if job.watermark else None,
-                    audio_name=job.audio_name,
-                    avatar_name=job.video_name,
-                )
+                # Inputs on local disk (fetched from object storage), the result kept after.
+                async with self.storage.job_files(job) as files:
+                    result = await self.engine.generate(
+                        files.video,
+                        files.audio,
+                        files.result,
+                        on_progress,
+                        watermark=Watermark.from_settings(self.settings) if job.watermark else None,
+                        audio_name=job.audio_name,
+                        avatar_name=job.video_name,
+                    )
             job.state = SUCCEEDED
             job.stage_seconds = dict(result.stage_seconds)
             job.frames_done = job.frames_total = result.frames
@@ -356,6 +428,8 @@ class Scheduler:
                 f"{job.audio_seconds:.1f} s of audio) and was stopped",
             }
         except asyncio.CancelledError:
+            if entry.stopping_for == "lost":
+                return  # the job is another replica's now: nothing of it is recorded here
             if entry.stopping_for != "cancel":
                 await self._requeue_after_shutdown(job)
                 raise
@@ -364,6 +438,13 @@ class Scheduler:
         except TritonUnavailable as exc:
             # Not the job's fault: it waits in the queue for Triton, its attempt counted.
             self.gate.report_down(exc.message)
+            if job.attempts < self.settings.max_attempts:
+                job.state, job.error = QUEUED, exc.as_record()
+            else:
+                job.state, job.error = FAILED, exc.as_record()
+        except StorageUnavailable as exc:
+            # Nor this: it waits in the queue until object storage is back (the dispatcher
+            # starts nothing meanwhile), its attempt counted.
             if job.attempts < self.settings.max_attempts:
                 job.state, job.error = QUEUED, exc.as_record()
             else:
@@ -377,6 +458,30 @@ class Scheduler:
         finally:
             # The stage records go first: each only updates a job that is still running.
             await asyncio.gather(*stage_saves, return_exceptions=True)
+
+    async def _save_stage(self, job_id: str, stage: str) -> None:
+        try:
+            await self.store.set_job_stage(job_id, stage)
+        except StoreUnavailable as exc:  # the next heartbeat writes it
+            log.warning("job %s: stage %s not recorded: %s", job_id, stage, exc.message)
+
+    async def _record(self, job: JobRecord) -> bool:
+        """Saves the outcome of a job this replica holds; False if the lease was lost.
+        While the store is away it is tried again until the lease would have expired."""
+        deadline = time.monotonic() + self.settings.lease_s
+        while True:
+            try:
+                saved = await self.store.update_job(job, was=RUNNING, owner=self.replica)
+            except StoreUnavailable as exc:
+                if time.monotonic() > deadline:
+                    log.error("job %s: outcome not recorded (%s); it runs again", job.id, exc)
+                    return False
+                # A retry pause while the store is away, not a wait for state.
+                await asyncio.sleep(RECORD_RETRY_S)
+                continue
+            if not saved:
+                log.warning("job %s: its lease was lost before its outcome was recorded", job.id)
+            return saved
 
     async def _finish(self, job: JobRecord, entry: _Running) -> None:
         job.finished_at = time.time()
@@ -392,7 +497,8 @@ class Scheduler:
             if entry.progress is not None:
                 job.frames_done = entry.progress.frames_done
                 job.frames_total = entry.progress.frames_total
-        await self.store.save_job(job)
+        if not await self._record(job):
+            return
         # Inputs go once the job has ended; only a result is kept.
         if job.state == SUCCEEDED:
             await self.storage.remove_job_inputs(job.id)
@@ -405,26 +511,39 @@ class Scheduler:
         self.metrics.job_finished(job.state, seconds, job.stage_seconds)
         log.info("job %s %s after %.2f s", job.id, job.state, seconds)
         self.webhooks.send(job)
+        await self._notify(f"{ENDED_EVENT}{job.id}")
+
+    async def _settled_elsewhere(self, job: JobRecord) -> None:
+        """A job whose replica died, now failed or cancelled by the lease sweep."""
+        await self.storage.remove_job(job.id)
+        await self._forget_one_off_avatar(job)
+        self.webhooks.send(job)
+        await self._notify(f"{ENDED_EVENT}{job.id}")
 
     async def _requeue_after_outage(self, job: JobRecord, entry: _Running) -> None:
-        """Back in the queue after Triton went away; the error stays on the record (as the
-        reason it is waiting) until the job starts again."""
+        """Back in the queue after Triton or the object store went away; the error stays on
+        the record (as the reason it is waiting) until the job starts again."""
         assert job.error is not None
         log.warning(
-            "job %s: Triton went away in stage %s (attempt %d of %d); queued again",
+            "job %s: %s: %s (attempt %d of %d); queued again",
             job.id,
             job.error["stage"],
+            job.error["message"],
             job.attempts,
             self.settings.max_attempts,
         )
         job.stage = self._stage(entry, job)
         job.started_at = None
-        await self.store.save_job(job)
+        if await self._record(job):
+            await self._notify(QUEUED_EVENT)
 
     async def _requeue_after_shutdown(self, job: JobRecord) -> None:
         job.state, job.started_at = QUEUED, None
         job.attempts -= 1  # a graceful stop is not the job's fault
-        await asyncio.shield(self.store.save_job(job))
+        try:
+            await asyncio.shield(self.store.update_job(job, was=RUNNING, owner=self.replica))
+        except StoreUnavailable as exc:  # its lease expires and another replica runs it
+            log.warning("job %s not queued again at shutdown: %s", job.id, exc.message)
 
     async def _forget_one_off_avatar(self, job: JobRecord) -> None:
         """A one-off video's avatar cache goes with its job unless someone else needs it."""

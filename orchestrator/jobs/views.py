@@ -47,12 +47,17 @@ def job_progress(job: JobRecord, live: LiveProgress | None) -> Progress:
             frames_per_second=round(live.frames_per_second, 2),
             eta_seconds=None if eta is None else round(eta, 2),
         )
+    # Not rendering here: the row's figures, written by the heartbeat of the replica that
+    # renders it, so every replica gives the same answer.
+    remaining: float | None = 0.0 if job.state == SUCCEEDED else None
+    if job.state == RUNNING and job.frames_per_second > 0 and job.frames_total:
+        remaining = round(max(0, job.frames_total - job.frames_done) / job.frames_per_second, 2)
     return Progress(
         stage=job.stage,
         frames_done=job.frames_done,
         frames_total=job.frames_total,
         frames_per_second=round(job.frames_per_second, 2),
-        eta_seconds=0.0 if job.state == SUCCEEDED else None,
+        eta_seconds=remaining,
     )
 
 

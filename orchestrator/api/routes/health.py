@@ -44,6 +44,16 @@ async def readyz(service: ServiceDep) -> Readiness | JSONResponse:
             problems = await engine.readiness_problems()
     except TimeoutError:
         problems = [f"Triton did not answer within {READY_PROBE_S:g} s"]
+    try:  # the job store: jobs can be neither taken nor reported without it
+        async with asyncio.timeout(READY_PROBE_S):
+            problems += await service.store.problems()
+    except TimeoutError:
+        problems.append(f"the job store ({service.store.where}) did not answer in time")
+    try:  # object storage: job inputs, prepared avatars and results are kept there
+        async with asyncio.timeout(READY_PROBE_S):
+            problems += await service.storage.problems()
+    except TimeoutError:
+        problems.append(f"object storage did not answer within {READY_PROBE_S:g} s")
     if problems:
         not_ready = NotReady(
             ready=False,
@@ -66,7 +76,10 @@ async def readyz(service: ServiceDep) -> Readiness | JSONResponse:
     summary="GPUs, Triton's version, how each model is served",
 )
 async def system(service: ServiceDep) -> SystemReport:
-    return SystemReport.model_validate(await system_report(service.engine))
+    report = await system_report(service.engine)
+    return SystemReport.model_validate(
+        {**report, "job_store": service.store.where, "storage": service.storage.describe()}
+    )
 
 
 def _serving(spec: ModelSpec) -> ModelServing:

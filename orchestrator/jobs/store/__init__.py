@@ -1,0 +1,77 @@
+"""The job store: jobs and avatars as rows, behind one interface, on SQLite or PostgreSQL.
+
+`open_store(settings)` picks the engine: DH_DATABASE_URL unset keeps SQLite in the data
+directory (one host); `postgresql://…` shares one database between replicas. Each row
+keeps the record as JSON beside the few columns that are queried (state, client code,
+avatar, sequence, lease), the same two tables on both engines.
+"""
+
+from __future__ import annotations
+
+from orchestrator.jobs.store.base import (
+    CANCEL_EVENT,
+    ENDED_EVENT,
+    QUEUED_EVENT,
+    DuplicateCode,
+    JobStore,
+    StoreUnavailable,
+)
+from orchestrator.jobs.store.records import (
+    ACTIVE_STATES,
+    AVATAR_STATES,
+    CANCELLED,
+    FAILED,
+    JOB_STATES,
+    PREPARING,
+    QUEUED,
+    READY,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL_STATES,
+    Admission,
+    AvatarRecord,
+    JobProgress,
+    JobRecord,
+)
+from orchestrator.jobs.store.sqlite import SqliteStore
+from orchestrator.settings import Settings
+
+DB_NAME = "service.db"  # the SQLite file in the data directory
+
+__all__ = [
+    "ACTIVE_STATES",
+    "AVATAR_STATES",
+    "CANCELLED",
+    "CANCEL_EVENT",
+    "DB_NAME",
+    "ENDED_EVENT",
+    "FAILED",
+    "JOB_STATES",
+    "PREPARING",
+    "QUEUED",
+    "QUEUED_EVENT",
+    "READY",
+    "RUNNING",
+    "SUCCEEDED",
+    "TERMINAL_STATES",
+    "Admission",
+    "AvatarRecord",
+    "DuplicateCode",
+    "JobProgress",
+    "JobRecord",
+    "JobStore",
+    "SqliteStore",
+    "StoreUnavailable",
+    "open_store",
+]
+
+
+async def open_store(settings: Settings) -> JobStore:
+    """The store DH_DATABASE_URL names, opened and migrated; StoreUnavailable (naming the
+    engine and where, never the password) if it cannot be reached."""
+    if settings.database_url is None:
+        return await SqliteStore(settings.data_dir / DB_NAME).open()
+    # Imported here: a single host never loads the PostgreSQL driver.
+    from orchestrator.jobs.store.postgres import PostgresStore
+
+    return await PostgresStore(settings.database_url.get_secret_value()).open()

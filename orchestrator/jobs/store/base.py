@@ -1,0 +1,105 @@
+"""The store's interface: what the service needs from a job store, whichever engine.
+
+Nothing above the store sees an engine's own exceptions: a client code used twice is
+`DuplicateCode`, an engine that cannot be reached is `StoreUnavailable` (HTTP 503).
+
+Leases: a replica claims the oldest queued job atomically and holds it while it renders,
+renewing the lease with a heartbeat; a job whose lease expired belongs to nobody and any
+replica's sweeper re-queues it (orchestrator.jobs.leases). Events ("queued", "cancel:ID",
+"ended:ID") tell the other replicas about changes without waiting for their next sweep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from orchestrator.errors import Conflict, PipelineError
+from orchestrator.jobs.store.records import Admission, AvatarRecord, JobProgress, JobRecord
+
+STAGE = "store"
+# The events replicas send each other through the store.
+QUEUED_EVENT, CANCEL_EVENT, ENDED_EVENT = "queued", "cancel:", "ended:"
+
+
+class DuplicateCode(Conflict):
+    """A job with this client code exists already (HTTP 409)."""
+
+
+class StoreUnavailable(PipelineError):
+    """The job store cannot be reached (HTTP 503); names the engine and where, never a
+    credential."""
+
+
+class JobStore(Protocol):
+    async def add_job(self, job: JobRecord) -> JobRecord: ...
+    async def admit_job(self, job: JobRecord, max_backlog: int) -> Admission:
+        """Adds the job unless every replica's queued jobs are at the backlog bound plus
+        the free slots of every live replica; checked and inserted as one step."""
+        ...
+
+    async def save_job(self, job: JobRecord) -> None: ...
+    async def update_job(self, job: JobRecord, was: str, owner: str | None = None) -> bool:
+        """Saves the job only if its row is still in state `was` (and, given `owner`,
+        still leased to it); False otherwise. Leaving "running" ends the lease."""
+        ...
+
+    async def get_job(self, job_id: str) -> JobRecord | None: ...
+    async def job_by_code(self, code: str) -> JobRecord | None: ...
+    async def delete_job(self, job_id: str) -> None: ...
+    async def set_job_stage(self, job_id: str, stage: str) -> None: ...
+    async def list_jobs(
+        self, state: str | None, before_seq: int | None, limit: int
+    ) -> list[JobRecord]: ...
+    async def jobs_in(self, states: tuple[str, ...]) -> list[JobRecord]: ...
+    async def jobs_finished_before(self, when: float, limit: int) -> list[JobRecord]: ...
+    async def count_jobs(self) -> dict[str, int]: ...
+    async def avatar_in_use(self, avatar_id: str) -> bool: ...
+    # leases
+    async def claim_job(self, owner: str, lease_s: float) -> JobRecord | None:
+        """The oldest queued job, now running under `owner`'s lease (attempts counted)."""
+        ...
+
+    async def heartbeat(
+        self, job_id: str, owner: str, lease_s: float, progress: JobProgress | None
+    ) -> bool | None:
+        """Renews the lease and records progress: None if the lease is no longer
+        `owner`'s, else whether a cancel was requested."""
+        ...
+
+    async def stale_jobs(self, previous: str | None) -> list[JobRecord]:
+        """Running jobs whose lease expired, or (`previous`) whose owner starts with it."""
+        ...
+
+    async def update_stale(self, job: JobRecord, previous: str | None) -> bool:
+        """Saves a job of stale_jobs() if it is still stale and held by the same owner."""
+        ...
+
+    async def request_cancel(self, job_id: str) -> bool:
+        """Flags a running job for its replica to stop; False if it is not running."""
+        ...
+
+    async def register_replica(self, owner: str, slots: int, ttl_s: float) -> None: ...
+    async def drop_replica(self, owner: str) -> None: ...
+    async def notify(self, event: str) -> None: ...
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        """`listener(event)` runs for every event any replica sends (this one included)."""
+        ...
+
+    # avatars
+    async def add_avatar(self, avatar: AvatarRecord) -> AvatarRecord: ...
+    async def save_avatar(self, avatar: AvatarRecord) -> None: ...
+    async def get_avatar(self, avatar_id: str) -> AvatarRecord | None: ...
+    async def list_avatars(self) -> list[AvatarRecord]: ...
+    async def delete_avatar(self, avatar_id: str) -> None: ...
+    # the engine itself
+    @property
+    def where(self) -> str:
+        """The engine and where it is, for messages (never a credential)."""
+        ...
+
+    async def problems(self) -> list[str]:
+        """Why the store cannot serve now; empty when it can."""
+        ...
+
+    async def close(self) -> None: ...

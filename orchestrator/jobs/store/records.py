@@ -1,0 +1,124 @@
+"""What the store keeps: a job and an avatar as records, and the states they go through."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
+JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+ACTIVE_STATES = (QUEUED, RUNNING)
+TERMINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+PREPARING, READY = "preparing", "ready"
+AVATAR_STATES = (PREPARING, READY, FAILED)
+
+
+@dataclass
+class JobRecord:
+    id: str
+    created_at: float
+    audio_path: str
+    video_path: str
+    avatar_id: str  # content id of the video: the avatar cache it uses
+    audio_seconds: float
+    deadline_s: float
+    registered_avatar: bool  # False: a one-off video whose cache goes with the job
+    state: str = QUEUED
+    client_code: str | None = None  # HeyGem's `code`, unique when set
+    webhook_url: str | None = None
+    audio_name: str | None = None  # the inputs as the client named them, for messages
+    video_name: str | None = None
+    watermark: bool = False  # draw the visible watermark (HeyGem's watermark_switch)
+    super_resolution: bool = False  # asked for (HeyGem's chaofen); no model here applies it
+    attempts: int = 0  # how many times the job was started
+    started_at: float | None = None
+    finished_at: float | None = None
+    stage: str | None = None
+    frames_done: int = 0
+    frames_total: int = 0
+    frames_per_second: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+    webhook: dict[str, Any] | None = None
+    replica: str | None = None  # the replica that started the latest attempt
+    seq: int = 0  # insertion order, assigned by the store; the paging cursor
+    # Columns beside the JSON body, read back with it (never taken from the body).
+    lease_owner: str | None = None  # the replica holding the job while it runs
+    cancel_requested: bool = False  # a DELETE asked the replica running it to stop
+
+
+@dataclass
+class AvatarRecord:
+    id: str  # content id of the video
+    created_at: float
+    source_path: str
+    source_name: str
+    state: str = PREPARING
+    frames_seen: int = 0
+    frames: int | None = None
+    fps: float | None = None
+    width: int | None = None
+    height: int | None = None
+    frames_with_face: int | None = None
+    detected_frames: int | None = None
+    error: dict[str, str] | None = None
+    finished_at: float | None = None
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """What a heartbeat writes to a running job's row, so any replica can report it."""
+
+    stage: str
+    frames_done: int
+    frames_total: int
+    frames_per_second: float
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The outcome of admitting a job against the cluster-wide backlog bound."""
+
+    accepted: bool
+    queued: int  # jobs queued before this one, every replica's
+    running: int
+    capacity: int  # jobs every live replica may run at once
+
+
+# The two record types the store reads back; both are dataclasses with a `seq`.
+RecordT = TypeVar("RecordT", JobRecord, AvatarRecord)
+_COLUMN_FIELDS = ("lease_owner", "cancel_requested")
+
+
+def body_json(record: JobRecord | AvatarRecord) -> dict[str, Any]:
+    """The record as the JSON body of its row (without the columns kept beside it)."""
+    body = {f.name: getattr(record, f.name) for f in fields(record)}
+    for name in _COLUMN_FIELDS:
+        body.pop(name, None)
+    return body
+
+
+def from_body(cls: type[RecordT], body: str | dict[str, Any], seq: int) -> RecordT:
+    data = json.loads(body) if isinstance(body, str) else body
+    known = {f.name for f in fields(cls)} - set(_COLUMN_FIELDS)
+    record = cls(**{k: v for k, v in data.items() if k in known})
+    record.seq = seq
+    return record
+
+
+def job_from_row(
+    body: str | dict[str, Any], seq: int, lease_owner: str | None, cancel_requested: object
+) -> JobRecord:
+    job = from_body(JobRecord, body, seq)
+    job.lease_owner = lease_owner
+    job.cancel_requested = bool(cancel_requested)
+    return job

@@ -1,0 +1,365 @@
+"""JobStore on one SQLite file in WAL mode: the single-host default.
+
+SQLite calls block, so they run on one dedicated thread that owns the connection; the
+event loop only awaits them. Lease times are this host's clock (one host shares the file).
+Events stay in this process: a SQLite file is not shared between hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from orchestrator.jobs.store.base import DuplicateCode
+from orchestrator.jobs.store.migrations import SCHEMA_VERSION_TABLE, SQLITE, pending
+from orchestrator.jobs.store.records import (
+    ACTIVE_STATES,
+    JOB_STATES,
+    QUEUED,
+    RUNNING,
+    TERMINAL_STATES,
+    Admission,
+    AvatarRecord,
+    JobProgress,
+    JobRecord,
+    body_json,
+    from_body,
+    job_from_row,
+)
+
+T = TypeVar("T")
+JOB_COLUMNS = "body, seq, lease_owner, cancel_requested"
+
+
+def _set_state(job: JobRecord) -> str:
+    """The SET clause saving a job: leaving "running" ends its lease and cancel request."""
+    lease = "" if job.state == RUNNING else ", lease_owner=NULL, lease_expires_at=NULL"
+    cancel = "" if job.state == RUNNING else ", cancel_requested=0"
+    return f"SET state=?, body=?{lease}{cancel}"
+
+
+class SqliteStore:
+    """JobStore on one SQLite file; every call runs on the store's own thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # One thread owns the connection: SQLite calls are serialised without locks.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="dh-store")
+        self._db: sqlite3.Connection | None = None
+        self._listeners: list[Callable[[str], None]] = []
+
+    @property
+    def where(self) -> str:
+        return f"SQLite at {self.path.name}"
+
+    async def open(self) -> SqliteStore:
+        await self._run(self._connect)
+        return self
+
+    def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a killed process loses no committed row; only an OS crash might.
+        db.execute("PRAGMA synchronous=NORMAL")
+        self._db = db
+        self._migrate(db)
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        # IMMEDIATE takes the write lock first: two servers starting on one file take turns.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(SCHEMA_VERSION_TABLE)
+            applied = {row[0] for row in db.execute("SELECT version FROM schema_version")}
+            for version in pending(applied, SQLITE):
+                for statement in SQLITE[version]:
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._thread.shutdown(wait=True)
+
+    async def problems(self) -> list[str]:
+        return []
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _sql(self, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        assert self._db is not None, "SqliteStore.open() has not run"
+        return self._db.execute(query, params).fetchall()
+
+    async def _jobs(self, where: str, params: tuple[object, ...] = ()) -> list[JobRecord]:
+        rows = await self._run(self._sql, f"SELECT {JOB_COLUMNS} FROM jobs {where}", params)
+        return [job_from_row(*row) for row in rows]
+
+    # jobs
+
+    def _insert(self, job: JobRecord) -> int:
+        assert self._db is not None
+        try:
+            cursor = self._db.execute(
+                "INSERT INTO jobs (id, state, client_code, avatar_id, body) VALUES (?,?,?,?,?)",
+                (job.id, job.state, job.client_code, job.avatar_id, json.dumps(body_json(job))),
+            )
+        except sqlite3.IntegrityError as exc:
+            if "client_code" in str(exc):
+                raise DuplicateCode(
+                    "request", f"a job with code '{job.client_code}' exists already"
+                ) from None
+            raise
+        return int(cursor.lastrowid or 0)
+
+    async def add_job(self, job: JobRecord) -> JobRecord:
+        job.seq = await self._run(self._insert, job)
+        return job
+
+    async def admit_job(self, job: JobRecord, max_backlog: int) -> Admission:
+        def admit() -> Admission:
+            assert self._db is not None
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                counts = dict(self._sql("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+                (capacity,) = self._sql(
+                    "SELECT COALESCE(SUM(slots), 0) FROM replicas WHERE expires_at > ?",
+                    (time.time(),),
+                )[0]
+                queued, running = int(counts.get(QUEUED, 0)), int(counts.get(RUNNING, 0))
+                free = max(0, int(capacity) - running)
+                accepted = queued < max_backlog + free
+                if accepted:
+                    job.seq = self._insert(job)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return Admission(accepted, queued, running, int(capacity))
+
+        return await self._run(admit)
+
+    async def save_job(self, job: JobRecord) -> None:
+        await self._run(
+            self._sql,
+            f"UPDATE jobs {_set_state(job)} WHERE id=?",
+            (job.state, json.dumps(body_json(job)), job.id),
+        )
+
+    async def update_job(self, job: JobRecord, was: str, owner: str | None = None) -> bool:
+        query = f"UPDATE jobs {_set_state(job)} WHERE id=? AND state=?"
+        params: tuple[object, ...] = (job.state, json.dumps(body_json(job)), job.id, was)
+        if owner is not None:
+            query += " AND lease_owner=?"
+            params = (*params, owner)
+        rows = await self._run(self._sql, query + " RETURNING seq", params)
+        return bool(rows)
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        jobs = await self._jobs("WHERE id=?", (job_id,))
+        return jobs[0] if jobs else None
+
+    async def job_by_code(self, code: str) -> JobRecord | None:
+        jobs = await self._jobs("WHERE client_code=?", (code,))
+        return jobs[0] if jobs else None
+
+    async def delete_job(self, job_id: str) -> None:
+        await self._run(self._sql, "DELETE FROM jobs WHERE id=?", (job_id,))
+
+    async def set_job_stage(self, job_id: str, stage: str) -> None:
+        """Records the stage a running job has reached, so a job cut off by a crash is
+        reported in the stage it was in; a job that has ended meanwhile is left alone."""
+        await self._run(
+            self._sql,
+            "UPDATE jobs SET body=json_set(body, '$.stage', ?) WHERE id=? AND state=?",
+            (stage, job_id, RUNNING),
+        )
+
+    async def list_jobs(
+        self, state: str | None, before_seq: int | None, limit: int
+    ) -> list[JobRecord]:
+        """Newest first; `before_seq` is the cursor of the previous page."""
+        where: list[str] = ["1=1"]
+        params: list[str | int] = []
+        if state is not None:
+            where.append("state=?")
+            params.append(state)
+        if before_seq is not None:
+            where.append("seq<?")
+            params.append(before_seq)
+        return await self._jobs(
+            f"WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?", (*params, limit)
+        )
+
+    async def jobs_in(self, states: tuple[str, ...]) -> list[JobRecord]:
+        """Oldest first: the order the scheduler starts them in."""
+        marks = ",".join("?" * len(states))
+        return await self._jobs(f"WHERE state IN ({marks}) ORDER BY seq", states)
+
+    async def jobs_finished_before(self, when: float, limit: int) -> list[JobRecord]:
+        """Jobs in a final state that finished before `when` (epoch seconds), oldest first."""
+        marks = ",".join("?" * len(TERMINAL_STATES))
+        return await self._jobs(
+            f"WHERE state IN ({marks}) AND json_extract(body, '$.finished_at') < ? "
+            "ORDER BY seq LIMIT ?",
+            (*TERMINAL_STATES, when, limit),
+        )
+
+    async def count_jobs(self) -> dict[str, int]:
+        rows = await self._run(self._sql, "SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        counts = dict.fromkeys(JOB_STATES, 0)
+        counts.update({state: int(n) for state, n in rows})
+        return counts
+
+    async def avatar_in_use(self, avatar_id: str) -> bool:
+        rows = await self._run(
+            self._sql,
+            "SELECT 1 FROM jobs WHERE avatar_id=? AND state IN (?,?) LIMIT 1",
+            (avatar_id, *ACTIVE_STATES),
+        )
+        return bool(rows)
+
+    # leases
+
+    async def claim_job(self, owner: str, lease_s: float) -> JobRecord | None:
+        now = time.time()
+        rows = await self._run(
+            self._sql,
+            "UPDATE jobs SET state='running', lease_owner=?, lease_expires_at=?, "
+            "cancel_requested=0, body=json_set(body, '$.state', 'running', "
+            "'$.attempts', json_extract(body, '$.attempts') + 1, '$.started_at', ?, "
+            "'$.finished_at', NULL, '$.stage', 'decode', '$.error', NULL, '$.result', NULL, "
+            "'$.replica', ?, '$.frames_done', 0, '$.frames_per_second', 0.0) "
+            "WHERE seq = (SELECT seq FROM jobs WHERE state='queued' ORDER BY seq LIMIT 1) "
+            f"AND state='queued' RETURNING {JOB_COLUMNS}",
+            (owner, now + lease_s, now, owner),
+        )
+        return job_from_row(*rows[0]) if rows else None
+
+    async def heartbeat(
+        self, job_id: str, owner: str, lease_s: float, progress: JobProgress | None
+    ) -> bool | None:
+        body = "body"
+        params: tuple[object, ...] = ()
+        if progress is not None:
+            body = (
+                "json_set(body, '$.stage', ?, '$.frames_done', ?, '$.frames_total', ?, "
+                "'$.frames_per_second', ?)"
+            )
+            params = (
+                progress.stage,
+                progress.frames_done,
+                progress.frames_total,
+                progress.frames_per_second,
+            )
+        rows = await self._run(
+            self._sql,
+            f"UPDATE jobs SET lease_expires_at=?, body={body} "
+            "WHERE id=? AND state='running' AND lease_owner=? RETURNING cancel_requested",
+            (time.time() + lease_s, *params, job_id, owner),
+        )
+        return bool(rows[0][0]) if rows else None
+
+    _STALE = (
+        "state='running' AND (lease_expires_at IS NULL OR lease_expires_at < ? "
+        "OR (? IS NOT NULL AND substr(lease_owner, 1, length(?)) = ?))"
+    )
+
+    async def stale_jobs(self, previous: str | None) -> list[JobRecord]:
+        return await self._jobs(
+            f"WHERE {self._STALE} ORDER BY seq", (time.time(), previous, previous, previous)
+        )
+
+    async def update_stale(self, job: JobRecord, previous: str | None) -> bool:
+        rows = await self._run(
+            self._sql,
+            f"UPDATE jobs {_set_state(job)} WHERE id=? AND {self._STALE} "
+            "AND lease_owner IS ? RETURNING seq",
+            (
+                job.state,
+                json.dumps(body_json(job)),
+                job.id,
+                time.time(),
+                previous,
+                previous,
+                previous,
+                job.lease_owner,
+            ),
+        )
+        return bool(rows)
+
+    async def request_cancel(self, job_id: str) -> bool:
+        rows = await self._run(
+            self._sql,
+            "UPDATE jobs SET cancel_requested=1 WHERE id=? AND state='running' RETURNING seq",
+            (job_id,),
+        )
+        return bool(rows)
+
+    async def register_replica(self, owner: str, slots: int, ttl_s: float) -> None:
+        now = time.time()
+        await self._run(
+            self._sql,
+            "INSERT INTO replicas (id, slots, expires_at) VALUES (?,?,?) "
+            "ON CONFLICT (id) DO UPDATE SET slots=excluded.slots, expires_at=excluded.expires_at",
+            (owner, slots, now + ttl_s),
+        )
+        await self._run(self._sql, "DELETE FROM replicas WHERE expires_at < ?", (now - ttl_s,))
+
+    async def drop_replica(self, owner: str) -> None:
+        await self._run(self._sql, "DELETE FROM replicas WHERE id=?", (owner,))
+
+    async def notify(self, event: str) -> None:
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            loop.call_soon(listener, event)
+
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        self._listeners.append(listener)
+
+    # avatars
+
+    async def add_avatar(self, avatar: AvatarRecord) -> AvatarRecord:
+        def insert() -> int:
+            assert self._db is not None
+            cursor = self._db.execute(
+                "INSERT INTO avatars (id, state, body) VALUES (?,?,?)",
+                (avatar.id, avatar.state, json.dumps(body_json(avatar))),
+            )
+            return int(cursor.lastrowid or 0)
+
+        avatar.seq = await self._run(insert)
+        return avatar
+
+    async def save_avatar(self, avatar: AvatarRecord) -> None:
+        await self._run(
+            self._sql,
+            "UPDATE avatars SET state=?, body=? WHERE id=?",
+            (avatar.state, json.dumps(body_json(avatar)), avatar.id),
+        )
+
+    async def get_avatar(self, avatar_id: str) -> AvatarRecord | None:
+        rows = await self._run(self._sql, "SELECT body, seq FROM avatars WHERE id=?", (avatar_id,))
+        return from_body(AvatarRecord, *rows[0]) if rows else None
+
+    async def list_avatars(self) -> list[AvatarRecord]:
+        rows = await self._run(self._sql, "SELECT body, seq FROM avatars ORDER BY seq DESC")
+        return [from_body(AvatarRecord, *row) for row in rows]
+
+    async def delete_avatar(self, avatar_id: str) -> None:
+        await self._run(self._sql, "DELETE FROM avatars WHERE id=?", (avatar_id,))
