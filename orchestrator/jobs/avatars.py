@@ -20,7 +20,7 @@ from orchestrator.jobs.store import FAILED, PREPARING, READY, AvatarRecord, JobS
 from orchestrator.pipeline.avatar import Avatar
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
-from orchestrator.storage import Storage
+from orchestrator.storage import Storage, StorageUnavailable
 
 log = logging.getLogger(__name__)
 STAGE = "avatar"
@@ -114,20 +114,32 @@ class Avatars:
     async def _prepare_through_outages(
         self, record: AvatarRecord, on_frame: Callable[[int], None]
     ) -> Avatar:
-        """Prepares once Triton is ready; an outage midway costs an attempt, not the
-        avatar (past DH_MAX_ATTEMPTS it fails with the outage as its reason)."""
+        """Prepares once Triton (and object storage) is ready; an outage midway costs an
+        attempt, not the avatar (past DH_MAX_ATTEMPTS it fails with the outage as its
+        reason). With object storage, a cache another replica prepared is fetched rather
+        than detected again, and a new one is published for the others."""
         for attempt in range(1, self.settings.max_attempts + 1):
             await self.gate.wait_open()
+            await self.storage.wait_available()
             try:
                 async with self._slots:
-                    return await self.engine.prepare_avatar(
-                        Path(record.source_path), on_frame, record.source_name
-                    )
+                    source = Path(record.source_path)
+                    async with self.storage.avatar_source(record.id, source) as local:
+                        await self.storage.fetch_avatar(record.id)
+                        avatar = await self.engine.prepare_avatar(
+                            local, on_frame, record.source_name
+                        )
+                    await self.storage.publish_avatar(record.id)
+                    return avatar
             except TritonUnavailable as exc:
                 self.gate.report_down(exc.message)
                 if attempt == self.settings.max_attempts:
                     raise
                 log.warning("avatar %s: %s; prepared again when Triton is back", record.id, exc)
+            except StorageUnavailable as exc:
+                if attempt == self.settings.max_attempts:
+                    raise
+                log.warning("avatar %s: %s; prepared again when storage is back", record.id, exc)
         raise AssertionError("max_attempts >= 1")
 
     async def _prepare(self, record: AvatarRecord) -> None:

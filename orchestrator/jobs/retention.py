@@ -79,7 +79,9 @@ class Retention:
         return removed
 
     async def _expire(self, job: JobRecord) -> None:
-        had_result = self.storage.result_path(job.id).is_file()
+        # Asked of the storage (the bucket, with object storage): an outage raises here,
+        # before anything is deleted, and the next sweep tries again.
+        had_result = await self.storage.has_result(job.id)
         await self.storage.remove_job(job.id)
         await self.store.delete_job(job.id)
         self.metrics.removed("job")

@@ -1,8 +1,4 @@
-"""File storage of the service: uploads, job inputs and results, avatar sources.
-
-`Storage` is the interface; `LocalStorage` keeps everything under the data directory.
-An S3-compatible store can implement the same methods later (the pipeline still reads
-local files, so it would download inputs to `staging_path` and upload results).
+"""`LocalStorage`: every file under the data directory (the single-host default).
 
 Layout under the data directory:
     avatars/<avatar_id>/        the pipeline's avatar cache (frames, boxes), owned by it
@@ -16,46 +12,18 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+from orchestrator.storage.base import PARTIAL_AVATAR_SUFFIX, RESULT_NAME, JobFiles
+
+if TYPE_CHECKING:
+    from orchestrator.jobs.store import JobRecord
 
 T = TypeVar("T")
-
-RESULT_NAME = "result.mp4"
-# Scratch folders of avatar preparations: orchestrator.pipeline.avatar names them
-# ".<avatar_id>.<random>.partial" and renames them into place when done.
-PARTIAL_AVATAR_SUFFIX = ".partial"
-# A name from a client is kept only for these characters, to be safe in a path.
-_SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-_MAX_SUFFIX = 10
-
-
-def safe_suffix(filename: str | None) -> str:
-    """The file's extension if it is short and plain (PyAV sniffs content; the suffix only
-    helps formats without a header), else ''."""
-    suffix = Path(filename or "").suffix.lower()
-    if len(suffix) > _MAX_SUFFIX or not set(suffix) <= _SAFE_NAME_CHARS:
-        return ""
-    return suffix
-
-
-class Storage(Protocol):
-    def staging_path(self, suffix: str) -> Path: ...
-    def job_dir(self, job_id: str) -> Path: ...
-    def result_path(self, job_id: str) -> Path: ...
-    def avatar_source_dir(self, avatar_id: str) -> Path: ...
-    def avatar_cache_dir(self, avatar_id: str) -> Path: ...
-    async def adopt(self, staged: Path, destination: Path) -> Path: ...
-    async def discard(self, path: Path) -> None: ...
-    async def remove_job(self, job_id: str) -> None: ...
-    async def remove_job_inputs(self, job_id: str) -> None: ...
-    async def remove_avatar_cache(self, avatar_id: str) -> None: ...
-    async def remove_avatar(self, avatar_id: str) -> None: ...
-    async def job_ids(self) -> list[str]: ...
-    async def avatar_source_ids(self) -> list[str]: ...
-    async def remove_partial_avatars(self) -> list[str]: ...
 
 
 class LocalStorage:
@@ -67,7 +35,7 @@ class LocalStorage:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         # Staged files of a process that was killed are never adopted: start clean.
         for leftover in (self.root / "staging").iterdir():
-            _remove(leftover)
+            remove_path(leftover)
 
     def staging_path(self, suffix: str) -> Path:
         return self.root / "staging" / f"{uuid.uuid4().hex}{suffix}"
@@ -92,13 +60,13 @@ class LocalStorage:
             destination.parent.mkdir(parents=True, exist_ok=True)
             return staged.replace(destination)
 
-        return await self._in_pool(move)
+        return await self.in_pool(move)
 
     async def discard(self, path: Path) -> None:
-        await self._in_pool(_remove, path)
+        await self.in_pool(remove_path, path)
 
     async def remove_job(self, job_id: str) -> None:
-        await self._in_pool(_remove, self.job_dir(job_id))
+        await self.in_pool(remove_path, self.job_dir(job_id))
 
     async def remove_job_inputs(self, job_id: str) -> None:
         """Everything of a finished job but its result."""
@@ -108,23 +76,23 @@ class LocalStorage:
             if job_dir.is_dir():
                 for entry in job_dir.iterdir():
                     if entry.name != RESULT_NAME:
-                        _remove(entry)
+                        remove_path(entry)
 
-        await self._in_pool(remove)
+        await self.in_pool(remove)
 
     async def remove_avatar_cache(self, avatar_id: str) -> None:
-        await self._in_pool(_remove, self.avatar_cache_dir(avatar_id))
+        await self.in_pool(remove_path, self.avatar_cache_dir(avatar_id))
 
     async def remove_avatar(self, avatar_id: str) -> None:
-        await self._in_pool(_remove, self.avatar_source_dir(avatar_id))
+        await self.in_pool(remove_path, self.avatar_source_dir(avatar_id))
         await self.remove_avatar_cache(avatar_id)
 
     async def job_ids(self) -> list[str]:
         """Ids of the job folders on disk (start-up cleanup compares them with the rows)."""
-        return await self._in_pool(_folders, self.root / "jobs")
+        return await self.in_pool(_folders, self.root / "jobs")
 
     async def avatar_source_ids(self) -> list[str]:
-        return await self._in_pool(_folders, self.root / "avatar-sources")
+        return await self.in_pool(_folders, self.root / "avatar-sources")
 
     async def remove_partial_avatars(self) -> list[str]:
         """Removes the scratch folders of avatar preparations that were cut off (the
@@ -135,12 +103,50 @@ class LocalStorage:
             avatars = self.data_dir / "avatars"
             found = sorted(avatars.glob(f".*{PARTIAL_AVATAR_SUFFIX}")) if avatars.is_dir() else []
             for leftover in found:
-                _remove(leftover)
+                remove_path(leftover)
             return [leftover.name for leftover in found]
 
-        return await self._in_pool(remove)
+        return await self.in_pool(remove)
 
-    async def _in_pool(self, fn: Callable[..., T], *args: object) -> T:
+    # The files are where the pipeline reads and writes them: nothing to fetch or keep.
+
+    @asynccontextmanager
+    async def job_files(self, job: JobRecord) -> AsyncIterator[JobFiles]:
+        yield JobFiles(Path(job.audio_path), Path(job.video_path), self.result_path(job.id))
+
+    @asynccontextmanager
+    async def avatar_source(self, avatar_id: str, source: Path) -> AsyncIterator[Path]:
+        yield source
+
+    async def fetch_avatar(self, avatar_id: str) -> None:
+        return None
+
+    async def publish_avatar(self, avatar_id: str) -> None:
+        return None
+
+    async def has_result(self, job_id: str) -> bool:
+        return await self.in_pool(self.result_path(job_id).is_file)
+
+    @property
+    def available(self) -> bool:
+        return True
+
+    def on_available(self, listener: Callable[[], None]) -> None:
+        return None  # the local disk has no outages to come back from
+
+    async def wait_available(self) -> None:
+        return None
+
+    async def problems(self) -> list[str]:
+        return []
+
+    def describe(self) -> dict[str, str]:
+        return {"kind": "local"}
+
+    async def close(self) -> None:
+        return None
+
+    async def in_pool(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
 
@@ -148,7 +154,7 @@ def _folders(parent: Path) -> list[str]:
     return sorted(entry.name for entry in parent.iterdir() if entry.is_dir())
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:

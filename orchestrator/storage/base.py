@@ -1,0 +1,110 @@
+"""What the service needs from file storage, whichever backend keeps the files.
+
+`LocalStorage` (local.py) keeps everything under the data directory; `S3Storage` (s3.py)
+keeps uploads, prepared avatars and results in an S3-compatible bucket and uses the data
+directory only as scratch. The pipeline reads and writes local files either way: a job's
+inputs are fetched into scratch before it renders (`job_files`), and an avatar source
+before it is prepared (`avatar_source`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from orchestrator.errors import PipelineError
+
+if TYPE_CHECKING:
+    from orchestrator.jobs.store import JobRecord
+
+STAGE = "storage"
+RESULT_NAME = "result.mp4"
+# Scratch folders of avatar preparations: orchestrator.pipeline.avatar names them
+# ".<avatar_id>.<random>.partial" and renames them into place when done.
+PARTIAL_AVATAR_SUFFIX = ".partial"
+# A name from a client is kept only for these characters, to be safe in a path.
+_SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_MAX_SUFFIX = 10
+
+
+class StorageUnavailable(PipelineError):
+    """The object store cannot be reached or refuses the service (HTTP 503). The message
+    names the endpoint and bucket, never credentials."""
+
+
+def safe_suffix(filename: str | None) -> str:
+    """The file's extension if it is short and plain (PyAV sniffs content; the suffix only
+    helps formats without a header), else ''."""
+    suffix = Path(filename or "").suffix.lower()
+    if len(suffix) > _MAX_SUFFIX or not set(suffix) <= _SAFE_NAME_CHARS:
+        return ""
+    return suffix
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """A job's files on local disk while it renders."""
+
+    audio: Path
+    video: Path
+    result: Path
+
+
+class Storage(Protocol):
+    # Local paths: staging of uploads, a job's folder, the pipeline's avatar cache. With
+    # object storage they are scratch, and `adopt` names where a file is kept.
+    def staging_path(self, suffix: str) -> Path: ...
+    def job_dir(self, job_id: str) -> Path: ...
+    def result_path(self, job_id: str) -> Path: ...
+    def avatar_source_dir(self, avatar_id: str) -> Path: ...
+    def avatar_cache_dir(self, avatar_id: str) -> Path: ...
+    async def adopt(self, staged: Path, destination: Path) -> Path: ...
+    async def discard(self, path: Path) -> None: ...
+    async def remove_job(self, job_id: str) -> None: ...
+    async def remove_job_inputs(self, job_id: str) -> None: ...
+    async def remove_avatar_cache(self, avatar_id: str) -> None: ...
+    async def remove_avatar(self, avatar_id: str) -> None: ...
+    async def job_ids(self) -> list[str]: ...
+    async def avatar_source_ids(self) -> list[str]: ...
+    async def remove_partial_avatars(self) -> list[str]: ...
+
+    # Around rendering and preparation: files brought to local disk and kept afterwards.
+    def job_files(self, job: JobRecord) -> AbstractAsyncContextManager[JobFiles]:
+        """The job's inputs on local disk and where its result goes; on a clean exit the
+        result (and the avatar cache the job prepared) is kept."""
+        ...
+
+    def avatar_source(self, avatar_id: str, source: Path) -> AbstractAsyncContextManager[Path]:
+        """A registered avatar's source video on local disk, for its preparation."""
+        ...
+
+    async def fetch_avatar(self, avatar_id: str) -> None:
+        """Brings a prepared avatar cache kept elsewhere to local disk, if there is one."""
+        ...
+
+    async def publish_avatar(self, avatar_id: str) -> None:
+        """Keeps a freshly prepared local avatar cache where other replicas find it."""
+        ...
+
+    async def has_result(self, job_id: str) -> bool: ...
+
+    # Health: object storage can go away while the service runs.
+    @property
+    def available(self) -> bool: ...
+    def on_available(self, listener: Callable[[], None]) -> None:
+        """`listener()` runs each time the storage comes back after an outage."""
+        ...
+
+    async def wait_available(self) -> None: ...
+    async def problems(self) -> list[str]:
+        """Why the storage cannot be used now ([] when it can); for /readyz."""
+        ...
+
+    def describe(self) -> dict[str, str]:
+        """Where files are kept, for reports: never credentials."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,378 @@
+"""`S3Storage`: uploads, prepared avatars and results kept in an S3-compatible bucket.
+
+The data directory is scratch only: uploads are staged there and then kept in the bucket
+(`adopt`); a job's inputs are fetched into its scratch folder before it renders and the
+folder is removed when the job ends; the result is uploaded once the job succeeded. The
+local layout is LocalStorage's, and a kept file's key is its path below `service/`:
+
+    <prefix>/jobs/<job_id>/audio.<ext>, video.<ext>, result.mp4
+    <prefix>/avatar-sources/<avatar_id>/source.<ext>
+    <prefix>/avatars/<avatar_id>/<cache files>   a prepared avatar, keyed by content hash
+    <prefix>/avatars/<avatar_id>/complete.json   written last: the cache is whole
+
+Prepared avatars are shared: after a preparation the local cache is uploaded with its
+completion marker last, and a replica that lacks a cache downloads it if the marker is
+there, so it sends the detector nothing. The marker lists every file with its size, so a
+half-uploaded or half-deleted cache is never used.
+
+Outages: a call that fails marks the storage unavailable; the dispatcher starts no job
+until a probe (HeadBucket, every RECHECK_S) finds the bucket again. Deleting is best
+effort: a removal that meets an outage is logged and leaves the objects behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import Executor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import PipelineError
+from orchestrator.settings import Settings
+from orchestrator.storage.base import (
+    PARTIAL_AVATAR_SUFFIX,
+    RESULT_NAME,
+    STAGE,
+    JobFiles,
+    StorageUnavailable,
+)
+from orchestrator.storage.local import LocalStorage, remove_path
+from orchestrator.storage.objects import Bucket, MissingObject, S3Location
+
+if TYPE_CHECKING:
+    from botocore.response import StreamingBody
+
+    from orchestrator.jobs.store import JobRecord
+
+log = logging.getLogger(__name__)
+AVATAR_MARKER = "complete.json"
+# While the bucket is away, how often it is probed (there is no event to wait for).
+RECHECK_S = 1.0
+# The pipeline's cache is complete once this file exists (orchestrator.pipeline.avatar
+# writes it last, then renames the folder into place).
+_CACHE_META = "meta.json"
+
+
+class S3Storage:
+    def __init__(self, settings: Settings, pool: Executor, bucket: Bucket) -> None:
+        self.settings = settings
+        self.local = LocalStorage(settings.data_dir, pool)
+        self.bucket = bucket
+        self.location = bucket.location
+        bucket.on_unavailable = self._report_down
+        # Scratch of jobs this process ran before a crash: every input is in the bucket.
+        for leftover in (self.local.root / "jobs").iterdir():
+            remove_path(leftover)
+        self._available = True
+        self._back = asyncio.Event()
+        self._back.set()
+        self._listeners: list[Callable[[], None]] = []
+        self._watcher: asyncio.Task[None] | None = None
+        self.problem: str | None = None
+
+    @classmethod
+    async def open(cls, settings: Settings, pool: Executor) -> S3Storage:
+        """Connects and checks the bucket (HeadBucket): StorageUnavailable says which and
+        where when it cannot be used."""
+        return cls(settings, pool, await open_bucket(settings, pool))
+
+    # Local paths: scratch, with LocalStorage's layout.
+
+    def staging_path(self, suffix: str) -> Path:
+        return self.local.staging_path(suffix)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.local.job_dir(job_id)
+
+    def result_path(self, job_id: str) -> Path:
+        return self.local.result_path(job_id)
+
+    def avatar_source_dir(self, avatar_id: str) -> Path:
+        return self.local.avatar_source_dir(avatar_id)
+
+    def avatar_cache_dir(self, avatar_id: str) -> Path:
+        return self.local.avatar_cache_dir(avatar_id)
+
+    # Keys
+
+    def key_of(self, destination: Path) -> str:
+        """The key of a file kept at `destination` (a path below the scratch root)."""
+        return self.location.key(destination.relative_to(self.local.root).as_posix())
+
+    def job_key(self, job_id: str, name: str = "") -> str:
+        return self.location.key("jobs", job_id, name)
+
+    def avatar_source_key(self, avatar_id: str, name: str = "") -> str:
+        return self.location.key("avatar-sources", avatar_id, name)
+
+    def avatar_key(self, avatar_id: str, name: str = "") -> str:
+        return self.location.key("avatars", avatar_id, name)
+
+    # Keeping and removing
+
+    async def adopt(self, staged: Path, destination: Path) -> Path:
+        """Uploads a finished upload to its key; returns the local path it stands for
+        (job rows name inputs by it; only the file name matters)."""
+        await self.bucket.put_file(self.key_of(destination), staged)
+        await self.local.discard(staged)
+        return destination
+
+    async def discard(self, path: Path) -> None:
+        await self.local.discard(path)
+
+    async def remove_job(self, job_id: str) -> None:
+        await self.local.remove_job(job_id)
+        await self._best_effort(
+            f"job {job_id}", self.bucket.delete_prefix(self.job_key(job_id) + "/")
+        )
+
+    async def remove_job_inputs(self, job_id: str) -> None:
+        """The scratch folder and the kept inputs; the result stays in the bucket."""
+        await self.local.remove_job(job_id)
+
+        async def delete_inputs() -> None:
+            keys = await self.bucket.list_keys(self.job_key(job_id) + "/")
+            result = self.job_key(job_id, RESULT_NAME)
+            await self.bucket.delete_keys(key for key in keys if key != result)
+
+        await self._best_effort(f"inputs of job {job_id}", delete_inputs())
+
+    async def remove_avatar_cache(self, avatar_id: str) -> None:
+        await self.local.remove_avatar_cache(avatar_id)
+
+        async def delete_cache() -> None:
+            # The marker first: a cache without it is never downloaded.
+            await self.bucket.delete_keys([self.avatar_key(avatar_id, AVATAR_MARKER)])
+            await self.bucket.delete_prefix(self.avatar_key(avatar_id) + "/")
+
+        await self._best_effort(f"avatar cache {avatar_id}", delete_cache())
+
+    async def remove_avatar(self, avatar_id: str) -> None:
+        await self.local.discard(self.avatar_source_dir(avatar_id))
+        await self._best_effort(
+            f"avatar source {avatar_id}",
+            self.bucket.delete_prefix(self.avatar_source_key(avatar_id) + "/"),
+        )
+        await self.remove_avatar_cache(avatar_id)
+
+    async def job_ids(self) -> list[str]:
+        # Local scratch only (empty after the start-up clean). Listing the bucket would race
+        # with other replicas between their upload and their row.
+        return await self.local.job_ids()
+
+    async def avatar_source_ids(self) -> list[str]:
+        return await self.local.avatar_source_ids()
+
+    async def remove_partial_avatars(self) -> list[str]:
+        return await self.local.remove_partial_avatars()
+
+    # Around rendering and preparation
+
+    @asynccontextmanager
+    async def job_files(self, job: JobRecord) -> AsyncIterator[JobFiles]:
+        """Fetches the inputs (and the avatar's cache, if prepared anywhere) into the job's
+        scratch folder; on a clean exit publishes the avatar cache and uploads the result.
+        On any failure the scratch goes (a retry fetches again); on success it stays until
+        the job is recorded (remove_job_inputs), for HeyGem's result copy."""
+        scratch = self.job_dir(job.id)
+        try:
+            await self.local.in_pool(lambda: scratch.mkdir(parents=True, exist_ok=True))
+            audio = scratch / Path(job.audio_path).name
+            await self._fetch_input(self.job_key(job.id, audio.name), audio, job.audio_name)
+            video_name = Path(job.video_path).name
+            if job.registered_avatar:
+                video = scratch / f"avatar{Path(video_name).suffix}"
+                video_key = self.avatar_source_key(job.avatar_id, video_name)
+            else:
+                video = scratch / video_name
+                video_key = self.job_key(job.id, video_name)
+            await self._fetch_input(video_key, video, job.video_name)
+            await self.fetch_avatar(job.avatar_id)
+            files = JobFiles(audio, video, self.result_path(job.id))
+            yield files
+            await self.publish_avatar(job.avatar_id)
+            await self.bucket.put_file(self.job_key(job.id, RESULT_NAME), files.result)
+        except BaseException:
+            await self.local.in_pool(remove_path, scratch)
+            raise
+
+    @asynccontextmanager
+    async def avatar_source(self, avatar_id: str, source: Path) -> AsyncIterator[Path]:
+        local = self.staging_path(source.suffix)
+        try:
+            await self._fetch_input(self.avatar_source_key(avatar_id, source.name), local, None)
+            yield local
+        finally:
+            await self.local.discard(local)
+
+    async def fetch_avatar(self, avatar_id: str) -> None:
+        """Downloads the avatar's cache if this host lacks it and the bucket has it whole:
+        into a scratch folder (named as the pipeline names its own, so start-up removes a
+        leftover), checked against the marker, then renamed into place."""
+        directory = self.avatar_cache_dir(avatar_id)
+        if await self.local.in_pool((directory / _CACHE_META).is_file):
+            return
+        marker = await self.bucket.get_bytes(self.avatar_key(avatar_id, AVATAR_MARKER))
+        if marker is None:
+            return  # not prepared anywhere yet: the pipeline prepares it
+        files: dict[str, int] = json.loads(marker)["files"]
+        scratch = directory.parent / f".{avatar_id}.{uuid.uuid4().hex[:8]}{PARTIAL_AVATAR_SUFFIX}"
+        try:
+            await self.local.in_pool(lambda: scratch.mkdir(parents=True))
+            for name in files:
+                await self.bucket.get_file(self.avatar_key(avatar_id, name), scratch / name)
+            sizes = await self.local.in_pool(_sizes, scratch)
+            if sizes != files:
+                log.warning("avatar %s: the bucket's cache is not as its marker says", avatar_id)
+                return
+            await self.local.in_pool(_move_into_place, scratch, directory)
+            log.info("avatar %s: prepared cache fetched from the bucket", avatar_id)
+        except MissingObject:
+            return  # deleted meanwhile: prepared again here
+        finally:
+            await self.local.in_pool(remove_path, scratch)
+
+    async def publish_avatar(self, avatar_id: str) -> None:
+        """Uploads this host's complete cache of the avatar unless the bucket has it."""
+        directory = self.avatar_cache_dir(avatar_id)
+        if not await self.local.in_pool((directory / _CACHE_META).is_file):
+            return
+        marker_key = self.avatar_key(avatar_id, AVATAR_MARKER)
+        if await self.bucket.size(marker_key) is not None:
+            return
+        files = await self.local.in_pool(_sizes, directory)
+        for name in files:
+            await self.bucket.put_file(self.avatar_key(avatar_id, name), directory / name)
+        marker = {"avatar_id": avatar_id, "files": files}
+        await self.bucket.put_bytes(marker_key, json.dumps(marker, indent=2).encode())
+        log.info("avatar %s: prepared cache kept in the bucket", avatar_id)
+
+    async def has_result(self, job_id: str) -> bool:
+        return await self.result_size(job_id) is not None
+
+    # Results (orchestrator.storage.delivery serves them)
+
+    async def result_size(self, job_id: str) -> int | None:
+        return await self.bucket.size(self.job_key(job_id, RESULT_NAME))
+
+    async def open_result(self, job_id: str, first: int | None, last: int | None) -> StreamingBody:
+        return await self.bucket.open_range(self.job_key(job_id, RESULT_NAME), first, last)
+
+    async def result_url(self, job_id: str, filename: str, media_type: str) -> str:
+        return await self.bucket.presign(
+            self.job_key(job_id, RESULT_NAME),
+            self.settings.s3_presign_expiry_s,
+            filename,
+            media_type,
+        )
+
+    # Health
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    def on_available(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    async def wait_available(self) -> None:
+        await self._back.wait()
+
+    async def problems(self) -> list[str]:
+        try:
+            await self.bucket.probe()
+        except StorageUnavailable as exc:
+            return [exc.message]
+        self._mark_up()
+        return []
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "kind": "s3",
+            "bucket": self.location.bucket,
+            "prefix": self.location.prefix,
+            "endpoint": self.location.endpoint,
+        }
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        self.bucket.close()
+
+    def _report_down(self, reason: str) -> None:
+        self.problem = reason
+        if self._available:
+            log.warning("object storage unavailable (%s); no job starts until it is back", reason)
+        self._available = False
+        self._back.clear()
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch(), name="storage-watch"
+            )
+
+    def _mark_up(self) -> None:
+        if self._available:
+            return
+        log.info("object storage is back; starting queued jobs")
+        self._available, self.problem = True, None
+        self._back.set()
+        for listener in self._listeners:
+            listener()
+
+    async def _watch(self) -> None:
+        while not self._available:
+            # A probe on a schedule: an S3 server sends no event when it comes back.
+            await asyncio.sleep(RECHECK_S)
+            try:
+                await self.bucket.probe()
+            except StorageUnavailable:
+                continue
+            self._mark_up()
+
+    async def _fetch_input(self, key: str, local: Path, name: str | None) -> None:
+        try:
+            await self.bucket.get_file(key, local)
+        except MissingObject:
+            raise PipelineError(
+                STAGE, f"the input {name or local.name} is no longer in the object store"
+            ) from None
+
+    async def _best_effort(self, what: str, removal: Coroutine[Any, Any, None]) -> None:
+        try:
+            await removal
+        except StorageUnavailable as exc:
+            log.warning("%s left in the bucket: %s", what, exc.message)
+
+
+async def open_bucket(settings: Settings, pool: Executor) -> Bucket:
+    """The bucket DH_STORAGE_URL names, checked with a HeadBucket."""
+    assert settings.storage_url is not None
+    location = S3Location.parse(settings.storage_url, settings.s3_endpoint_url)
+    bucket = Bucket(settings, location, pool)
+    try:
+        await bucket.probe()
+    except BaseException:
+        bucket.close()
+        raise
+    return bucket
+
+
+def _sizes(directory: Path) -> dict[str, int]:
+    return {
+        entry.name: entry.stat().st_size for entry in sorted(directory.iterdir()) if entry.is_file()
+    }
+
+
+def _move_into_place(scratch: Path, directory: Path) -> None:
+    try:
+        scratch.rename(directory)
+    except OSError:
+        # Prepared or fetched here meanwhile: that copy is as good. Anything else is real.
+        if not (directory / _CACHE_META).is_file():
+            raise
