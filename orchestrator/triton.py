@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from orchestrator.errors import (
     TritonTimeout,
     TritonUnavailable,
 )
+from orchestrator.triton_url import parse_triton_url
 
 T = TypeVar("T")
 BACKOFF_START_S = 0.1
@@ -47,6 +49,13 @@ RPC_TIMEOUT_S = 5.0
 # server is cheap to retry, so reconnect at least once a second.
 RECONNECT_BACKOFF_MS = 250
 MAX_RECONNECT_BACKOFF_MS = 1000
+# gRPC's own balancer over every address of the target (a list, or a DNS name with several
+# addresses): each request goes to the next READY server, and the channel is READY while
+# any one is. An RPC cut off by a dying server fails UNAVAILABLE and `_call` retries it on
+# a live one. No gRPC `retryPolicy`: gRPC replays only requests that fit its per-RPC retry
+# buffer (256 KiB by default; a lipsync batch is megabytes), and `_call` already retries
+# every RPC within one deadline that the readiness gate understands.
+SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,7 @@ def _channel_args() -> list[tuple[str, Any]]:
         ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
         ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+        ("grpc.service_config", SERVICE_CONFIG),
     ]
 
 
@@ -127,10 +137,14 @@ class TritonClient:
         max_in_flight: int = 8,
     ) -> None:
         self.url = url
+        # Validated before any channel exists: a malformed DH_TRITON_URL is a start-up error.
+        self.target = parse_triton_url(url)
         self.request_timeout_s = request_timeout_s
         self.retry_deadline_s = retry_deadline_s
         self.max_in_flight = max_in_flight
-        self._client = grpcclient.InferenceServerClient(url, channel_args=_channel_args())
+        self._client = grpcclient.InferenceServerClient(
+            self.target.target, channel_args=_channel_args()
+        )
         self._slots = asyncio.Semaphore(max_in_flight)
         self.in_flight = 0
         # Set by the service to observe latency and requests in flight; None: no one listens.
@@ -140,7 +154,8 @@ class TritonClient:
         await self._client.close()
 
     def connected(self) -> bool:
-        """Whether the gRPC channel holds a live connection to Triton now."""
+        """Whether the gRPC channel holds a live connection to Triton now (to any one of
+        several servers: round_robin's channel is READY while one of them is)."""
         return self._channel().get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY
 
     async def connection_changed(self, timeout_s: float) -> None:

@@ -20,10 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from jsonschema import Draft7Validator
 
 from orchestrator.settings import Settings
-from tests.deploy.conftest import COMPOSE_FILE, ENV_EXAMPLE, REPO, compose_variables
+from tests.deploy.conftest import (
+    COMPOSE_FILE,
+    ENV_EXAMPLE,
+    REPO,
+    compose_variables,
+    interpolate,
+)
 
 SCHEMA = Path(__file__).with_name("compose-spec.json")
 # NGC's tag scheme: <yy.mm>-py3 is the full Triton image (all backends, Python 3).
@@ -204,6 +211,177 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     shutil.copy(ENV_EXAMPLE, tmp_path / ".env")
     done = subprocess.run(
         [*cli, "--profile", "monitoring", "config", "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+# --- The `fleet` override (docker-compose.fleet.yml) -------------------------------------
+
+FLEET_FILE = REPO / "docker-compose.fleet.yml"
+# What an operator puts in .env for the fleet; .env.example leaves them unset on purpose.
+FLEET_SECRETS = {
+    "POSTGRES_PASSWORD": "pg0secret",
+    "DH_S3_ACCESS_KEY_ID": "s3-key-id",
+    "DH_S3_SECRET_ACCESS_KEY": "s3-secret",
+}
+FLEET_SETTINGS = ("DH_DATABASE_URL", "DH_STORAGE_URL", "DH_S3_ENDPOINT_URL", "DH_S3_REGION")
+REPLICAS = ("orchestrator", "orchestrator-2")
+
+
+def _merge(base: Any, override: Any) -> Any:
+    """Compose's merge of an override file, for what the fleet file overrides: mappings
+    (services, environment, depends_on) merge key by key, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _merge(base[key], value) if key in base else value
+        return merged
+    return override
+
+
+@pytest.fixture(scope="module")
+def raw_fleet() -> dict[str, Any]:
+    return yaml.safe_load(FLEET_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    raw_fleet: dict[str, Any], raw_compose: dict[str, Any], env_example: dict[str, str]
+) -> dict[str, Any]:
+    """Both files merged as `docker compose -f docker-compose.yml -f
+    docker-compose.fleet.yml` would, with .env.example plus the fleet's secrets."""
+    env = {**env_example, **FLEET_SECRETS}
+    return _merge(interpolate(raw_compose, env), interpolate(raw_fleet, env))
+
+
+def test_fleet_override_is_valid_against_the_compose_specification(
+    raw_fleet: dict[str, Any], fleet: dict[str, Any]
+) -> None:
+    validator = Draft7Validator(json.loads(SCHEMA.read_text()))
+    for document in (raw_fleet, fleet):
+        errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
+        assert not errors, "\n".join(
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
+        )
+
+
+def test_the_default_stack_is_untouched_by_the_fleet(
+    services: dict[str, Any], raw_fleet: dict[str, Any]
+) -> None:
+    # `docker compose up -d` (no -f) reads only docker-compose.yml: SQLite and the disk.
+    assert set(services) == {"models", "triton", "orchestrator", "prometheus", "grafana"}
+    env = services["orchestrator"]["environment"]
+    assert not {"DH_DATABASE_URL", "DH_STORAGE_URL"} & set(env)
+    assert "docker-compose.fleet.yml" not in COMPOSE_FILE.read_text()
+    assert set(raw_fleet["services"]) == {
+        "orchestrator",
+        "orchestrator-2",
+        "postgres",
+        "minio",
+        "minio-bucket",
+    }
+
+
+def test_fleet_runs_two_orchestrators_on_postgres_and_minio(fleet: dict[str, Any]) -> None:
+    services = fleet["services"]
+    postgres = services["postgres"]["environment"]
+    for name in REPLICAS:
+        env = services[name]["environment"]
+        assert env["DH_DATABASE_URL"] == (
+            f"postgresql://{postgres['POSTGRES_USER']}:{FLEET_SECRETS['POSTGRES_PASSWORD']}"
+            f"@postgres:5432/{postgres['POSTGRES_DB']}"
+        )
+        assert env["DH_STORAGE_URL"] == "s3://digital-human/fleet"
+        assert env["DH_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["DH_S3_ACCESS_KEY_ID"] == services["minio"]["environment"]["MINIO_ROOT_USER"]
+        assert (
+            env["DH_S3_SECRET_ACCESS_KEY"]
+            == (services["minio"]["environment"]["MINIO_ROOT_PASSWORD"])
+        )
+        assert env["DH_TRITON_URL"] == "triton:8001"
+        assert _depends(services[name], "triton") == "service_healthy"
+        assert _depends(services[name], "postgres") == "service_healthy"
+        assert _depends(services[name], "minio-bucket") == "service_completed_successfully"
+    first, second = (services[name] for name in REPLICAS)
+    # One service in two copies: the same image, settings and GPUs ...
+    for key in ("build", "image", "env_file", "environment", "deploy", "stop_grace_period"):
+        assert first[key] == second[key], f"the replicas differ in {key}"
+    # ... on their own port and scratch volume.
+    assert {p.rsplit(":", 1)[-1] for p in first["ports"] + second["ports"]} == {"8080"}
+    assert first["ports"] != second["ports"]
+    assert _volume_mounts(first) != _volume_mounts(second)
+
+
+def test_fleet_bucket_is_made_before_the_replicas_start(fleet: dict[str, Any]) -> None:
+    services = fleet["services"]
+    bucket = services["minio-bucket"]
+    assert bucket["restart"] == "no"  # one-shot
+    assert _depends(bucket, "minio") == "service_healthy"
+    script = " ".join(bucket["command"])
+    assert "mc mb --ignore-existing" in script and "http://minio:9000" in script
+    storage = services["orchestrator"]["environment"]["DH_STORAGE_URL"]
+    assert storage.removeprefix("s3://").split("/")[0] == bucket["environment"]["S3_BUCKET"]
+
+
+def test_fleet_engines_are_pinned_and_health_checked(fleet: dict[str, Any]) -> None:
+    services = fleet["services"]
+    assert re.fullmatch(r"postgres:\d+\.\d+", services["postgres"]["image"])
+    assert re.fullmatch(r"minio/minio:RELEASE\.[0-9T-]+Z", services["minio"]["image"])
+    assert re.fullmatch(r"minio/mc:RELEASE\.[0-9T-]+Z", services["minio-bucket"]["image"])
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert services["minio"]["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    # Neither is published beyond loopback; PostgreSQL and the S3 API not at all.
+    assert "ports" not in services["postgres"]
+    assert all(port.startswith("127.0.0.1:") for port in services["minio"]["ports"])
+
+
+def test_fleet_secrets_come_from_env_and_have_no_defaults(
+    raw_fleet: dict[str, Any], env_example: dict[str, str]
+) -> None:
+    # Compose stops with a message rather than start the fleet with a known password.
+    for secret in FLEET_SECRETS:
+        env = {**env_example, **FLEET_SECRETS}
+        del env[secret]
+        with pytest.raises(AssertionError, match=f"compose would stop: \\${{{secret}}}"):
+            interpolate(raw_fleet, env)
+    text = FLEET_FILE.read_text()
+    for secret in FLEET_SECRETS:
+        assert f"${{{secret}:?" in text
+        assert f"${{{secret}:-" not in text, f"{secret} must have no default"
+
+
+def test_env_example_documents_every_fleet_variable() -> None:
+    # "$${NAME}" is the container's own variable, not one compose fills in.
+    used = compose_variables(FLEET_FILE.read_text().replace("$$", ""))
+    documented = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M))
+    missing = sorted(used - documented)
+    assert not missing, f".env.example lacks {missing}, which docker-compose.fleet.yml reads"
+
+
+def test_fleet_settings_are_real_orchestrator_settings(fleet: dict[str, Any]) -> None:
+    known = {f"DH_{name.upper()}" for name in Settings.model_fields}
+    for name in REPLICAS:
+        unknown = sorted(set(fleet["services"][name]["environment"]) - known)
+        assert not unknown, f"{name}: not settings of orchestrator/settings.py: {unknown}"
+    shown = set(re.findall(r"^# ?(DH_[A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M))
+    assert set(FLEET_SETTINGS) <= shown
+    assert not sorted(shown - known), "a commented DH_* line of .env.example is no setting"
+
+
+def test_docker_compose_config_accepts_the_fleet(tmp_path: Path) -> None:
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("no Docker Compose v2 CLI here; the schema test above covers the files")
+    shutil.copy(COMPOSE_FILE, tmp_path / "docker-compose.yml")
+    shutil.copy(FLEET_FILE, tmp_path / "docker-compose.fleet.yml")
+    env = ENV_EXAMPLE.read_text() + "".join(f"{k}={v}\n" for k, v in FLEET_SECRETS.items())
+    (tmp_path / ".env").write_text(env)
+    done = subprocess.run(
+        [*cli, "-f", "docker-compose.yml", "-f", "docker-compose.fleet.yml", "config", "-q"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
