@@ -28,7 +28,7 @@ class FaceDetection:
         return (self.x1, self.y1, self.x2, self.y2)
 
 
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
+def iou(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
     """Intersection over union of two (x1, y1, x2, y2) boxes; 0.0 when both are empty."""
     return float(_iou_one_to_many(np.asarray(a, np.float64), np.asarray([b], np.float64))[0])
 

@@ -5,6 +5,8 @@ A frame without a face has the row NO_FACE (all -1).
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
 NO_FACE = -1.0
@@ -53,7 +55,11 @@ def pad(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def smooth(boxes: np.ndarray, window: int = SMOOTHING_FRAMES) -> np.ndarray:
-    """Moving average over `window` frames inside each run of frames that have a face."""
+    """Moving average over `window` frames inside each run of frames that have a face.
+
+    Each row is the sum of its neighbours in a fixed order, so a row comes out bit for bit
+    the same whether it is smoothed in a prefix of the frames or in all of them
+    (track_rows relies on it)."""
     out = boxes.copy()
     face = has_face(boxes)
     n = len(boxes)
@@ -68,9 +74,10 @@ def smooth(boxes: np.ndarray, window: int = SMOOTHING_FRAMES) -> np.ndarray:
         run = boxes[start:end]
         half = window // 2
         padded = np.concatenate([np.repeat(run[:1], half, 0), run, np.repeat(run[-1:], half, 0)])
-        kernel = np.ones(window) / window
-        for c in range(4):
-            out[start:end, c] = np.convolve(padded[:, c], kernel, mode="valid")[: end - start]
+        total = np.zeros_like(run)
+        for shift in range(window):
+            total += padded[shift : shift + end - start]
+        out[start:end] = total / window
         start = end
     return out
 
@@ -93,3 +100,31 @@ def track(
     """Per-frame integer face boxes: interpolated, padded, smoothed and clamped."""
     boxes = interpolate(keyframes, key_boxes, frame_count)
     return to_pixels(smooth(pad(boxes, width, height)), width, height)
+
+
+def track_rows(
+    keyframes: list[int],
+    key_boxes: np.ndarray,
+    first: int,
+    settled: int,
+    ends: bool,
+    width: int,
+    height: int,
+) -> np.ndarray:
+    """The rows of `track` from frame `first` on that keyframes up to `settled` (the last
+    one given, with no keyframe ever to be added before it) already fix: up to `settled`
+    itself when the avatar `ends` there, else up to the smoothing window before it. The
+    rows equal those `track` gives once every keyframe is known; only a window around
+    them is computed, so publishing an avatar as it is prepared costs O(new rows)."""
+    half = SMOOTHING_FRAMES // 2
+    stop = settled + 1 if ends else settled + 1 - half
+    if stop <= first:
+        return np.zeros((0, 4), np.int32)
+    # Rows from `first` on depend on interpolated rows from `first - half` on, which
+    # depend on the keyframe at or before that.
+    origin_at = max(0, bisect.bisect_right(keyframes, max(0, first - half)) - 1)
+    origin = keyframes[origin_at]
+    local = [k - origin for k in keyframes[origin_at:]]
+    boxes = interpolate(local, key_boxes[origin_at:], settled - origin + 1)
+    rows = to_pixels(smooth(pad(boxes, width, height)), width, height)
+    return rows[first - origin : stop - origin]

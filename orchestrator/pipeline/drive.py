@@ -3,7 +3,8 @@
 Output frame i is driven by the mel window starting at i * 80 / fps (Wav2Lip's rule) and
 shows avatar frame pingpong(i): the avatar is walked forwards, then backwards, and so on
 when the audio is longer than the video, and cut when it is shorter. There are
-ceil(audio_seconds * fps) output frames.
+ceil(audio_seconds * fps) output frames. Driving may start while the avatar is still
+being prepared (avatar_prefix.py): it waits for each frame it needs.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from orchestrator.pipeline.avatar import Avatar
-from orchestrator.pipeline.boxes import has_face
+from orchestrator.pipeline.avatar_prefix import AvatarPrefix
 from orchestrator.pipeline.frame_store import FrameStore
 from orchestrator.pipeline.mel import SAMPLE_RATE, mel_window
 from orchestrator.pipeline.stages import END, DrivenFrame, StageClock
@@ -44,8 +44,17 @@ def pingpong(index: int, frame_count: int) -> int:
     return phase if phase < frame_count else period - phase
 
 
+def source_frame(index: int, ready: int, frame_count: int | None) -> int | None:
+    """The avatar frame for output frame `index` while the avatar may still be prepared:
+    `ready` frames are prepared so far, `frame_count` is known once all are. The walk only
+    turns back once the forward pass has reached the end; None: wait for more frames."""
+    if frame_count is not None:
+        return pingpong(index, frame_count)
+    return index if index < ready else None
+
+
 async def drive(
-    avatar: Avatar,
+    avatar: AvatarPrefix,
     frames: FrameStore,
     mel: np.ndarray,
     fps: Fraction,
@@ -54,11 +63,11 @@ async def drive(
     pool: Executor,
     clock: StageClock,
 ) -> None:
-    faces = has_face(avatar.boxes)
+    """`avatar` may still be being prepared: each frame is waited for until it is."""
     for index in range(total):
-        avatar_index = pingpong(index, avatar.frame_count)
+        while (avatar_index := source_frame(index, avatar.ready, avatar.frame_count)) is None:
+            await avatar.changed()
         frame = await clock.run(STAGE, pool, frames.read, avatar_index)
-        box = tuple(int(v) for v in avatar.boxes[avatar_index]) if faces[avatar_index] else None
         window = mel_window(mel, index, float(fps))
-        await out.put(DrivenFrame(index, avatar_index, frame, box, window))  # type: ignore[arg-type]
+        await out.put(DrivenFrame(index, avatar_index, frame, avatar.box(avatar_index), window))
     await out.put(END)

@@ -9,13 +9,14 @@ the change is below what the H.264 output keeps anyway. "raw" stores exact pixel
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import cv2
 import numpy as np
 
-from orchestrator.errors import BadInput
+from orchestrator.errors import BadInput, PipelineError
 
 FRAMES_FILE = "frames.bin"
 INDEX_FILE = "frames.idx.npy"
@@ -42,7 +43,20 @@ class FrameWriter:
                 raise BadInput(STAGE, f"frame {len(self._offsets) - 1} could not be stored")
             record = encoded.tobytes()
         self._file.write(record)
+        # Flushed before the offset is published: a reader of the growing store (drive,
+        # while the avatar is still being prepared) preads the file directly.
+        self._file.flush()
         self._offsets.append(self._offsets[-1] + len(record))
+
+    @property
+    def frames(self) -> int:
+        return len(self._offsets) - 1
+
+    def reader(self, width: int, height: int) -> FrameStore:
+        """A store reading the frames written so far, and later ones once written: it
+        shares this writer's offsets. Its file stays readable after the directory is
+        renamed or removed (it holds the file open)."""
+        return FrameStore(self._directory, self._codec, width, height, self._offsets)
 
     def close(self) -> None:
         self._file.close()
@@ -52,13 +66,22 @@ class FrameWriter:
 class FrameStore:
     """Reads frame `i` with one pread and (for JPEG) one decode; nothing is cached."""
 
-    def __init__(self, directory: Path, codec: FrameCodec, width: int, height: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        codec: FrameCodec,
+        width: int,
+        height: int,
+        offsets: Sequence[int] | None = None,
+    ) -> None:
         self._codec = codec
         self._shape = (height, width, 3)
-        self._offsets = np.load(directory / INDEX_FILE)
+        self._offsets = np.load(directory / INDEX_FILE) if offsets is None else offsets
         self._fd = os.open(directory / FRAMES_FILE, os.O_RDONLY)
 
     def read(self, index: int) -> np.ndarray:
+        if index + 1 >= len(self._offsets):
+            raise PipelineError(STAGE, f"frame {index} is not in the avatar's frame store yet")
         start, end = int(self._offsets[index]), int(self._offsets[index + 1])
         data = os.pread(self._fd, end - start, start)
         if len(data) != end - start:

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +23,7 @@ from orchestrator.gpu import GpuCensus, GpuProbe, gpu_problems, nvml_census
 from orchestrator.gpu import guard as gpu_guard
 from orchestrator.models import ServedModels, load_served_models
 from orchestrator.pipeline import avatar as avatar_stage
+from orchestrator.pipeline.avatar_prefix import AvatarPrefix
 from orchestrator.pipeline.boxes import has_face
 from orchestrator.pipeline.composite import composite
 from orchestrator.pipeline.decode import decode_audio, require_input
@@ -91,7 +92,11 @@ class Engine:
             max_in_flight=settings.triton_max_in_flight,
         )
         self._served: ServedModels | None = None
+        # NVML probes (start-up, every readiness check) get a thread of their own: the
+        # loop's default executor grows with concurrent callers and never shrinks.
+        self._probes = ThreadPoolExecutor(1, thread_name_prefix="dh-probe")
         self.video_codec = pick_encoder(settings.video_encoder)
+        self.preparations = avatar_stage.Preparations(self.avatars_dir, self.client, settings)
 
     @property
     def avatars_dir(self) -> Path:
@@ -107,7 +112,7 @@ class Engine:
         """Waits for Triton, checks both models' contracts and where they run against the
         GPUs this host has: any mismatch is a loud start-up failure."""
         served = await load_served_models(self.client, self.settings)
-        self.gpus = await asyncio.to_thread(self.gpu_probe)
+        self.gpus = await self.probe_gpus()
         gpu_guard(
             self.gpus, [served.lipsync, served.detector], require_gpu=self.settings.require_gpu
         )
@@ -123,13 +128,17 @@ class Engine:
         except PipelineError as exc:
             return [exc.message]
         if census is None:
-            census = await asyncio.to_thread(self.gpu_probe)
+            census = await self.probe_gpus()
         return gpu_problems(
             census, [served.lipsync, served.detector], require_gpu=self.settings.require_gpu
         )
 
+    async def probe_gpus(self) -> GpuCensus:
+        return await asyncio.get_running_loop().run_in_executor(self._probes, self.gpu_probe)
+
     async def close(self) -> None:
         await self.client.close()
+        self._probes.shutdown(wait=True)
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -156,12 +165,7 @@ class Engine:
     ) -> avatar_stage.Avatar:
         """`name`: the video as its owner knows it (an upload's filename), for messages."""
         with self._pool() as pool:
-            return await guarded(
-                "avatar",
-                avatar_stage.prepare_avatar(
-                    video, self.avatars_dir, self.client, self.settings, pool, on_frame, name
-                ),
-            )
+            return await guarded("avatar", self.preparations.prepare(video, pool, on_frame, name))
 
     async def generate(
         self,
@@ -181,50 +185,63 @@ class Engine:
         report = on_progress or (lambda _: None)
         clock = StageClock()
         started = time.monotonic()
-        # Both inputs are checked before any work, so a missing avatar is not found only
-        # after the audio has been decoded.
-        await guarded("decode", asyncio.to_thread(require_input, audio, "audio", audio_name))
-        await guarded(
-            "decode", asyncio.to_thread(require_input, avatar_video, "avatar", avatar_name)
-        )
         with self._pool() as pool:
+            # Both inputs are checked before any work, so a missing avatar is not found
+            # only after the audio has been decoded.
+            for path, what, name in (
+                (audio, "audio", audio_name),
+                (avatar_video, "avatar", avatar_name),
+            ):
+                await guarded("decode", clock.run("decode", pool, require_input, path, what, name))
             report(progress)
             samples = await guarded(
                 "decode", clock.run("decode", pool, decode_audio, audio, audio_name)
             )
             progress.stage = "avatar"
             report(progress)
-            t0 = time.perf_counter()
-
-            def on_avatar_frame(count: int) -> None:
-                progress.avatar_frames = count
+            joined = time.perf_counter()
+            async with AsyncExitStack() as stack:
+                prepared = await guarded(
+                    "avatar",
+                    stack.enter_async_context(
+                        self.preparations.join(avatar_video, pool, avatar_name)
+                    ),
+                )
+                listener = _avatar_listener(progress, report, clock, joined)
+                stack.callback(prepared.listen(listener))
+                if prepared.done:
+                    listener(prepared)
+                # Rendering starts now; drive waits for each avatar frame it needs.
+                mel = await guarded("drive", clock.run("drive", pool, mel_spectrogram, samples))
+                fps = output_fps(prepared.fps, self.settings.output_fps)
+                total = output_frame_count(samples.size, fps)
+                audio_seconds = samples.size / SAMPLE_RATE
+                del samples  # the mel is all that is needed from here on
+                progress.frames_total = total
+                if progress.stage == "drive":
+                    progress.stage = "infer"
+                progress.frames_started = time.monotonic()
                 report(progress)
-
-            avatar = await guarded(
-                "avatar",
-                avatar_stage.prepare_avatar(
-                    avatar_video,
-                    self.avatars_dir,
-                    self.client,
-                    self.settings,
-                    pool,
-                    on_avatar_frame,
-                    avatar_name,
-                ),
-            )
-            clock.add("avatar", time.perf_counter() - t0)
-            progress.stage = "drive"
-            mel = await guarded("drive", clock.run("drive", pool, mel_spectrogram, samples))
-            fps = output_fps(avatar.fps, self.settings.output_fps)
-            total = output_frame_count(samples.size, fps)
-            audio_seconds = samples.size / SAMPLE_RATE
-            del samples  # the mel is all that is needed from here on
-            progress.frames_total, progress.stage = total, "infer"
-            progress.frames_started = time.monotonic()
-            report(progress)
-            output = await self._stream(
-                avatar, mel, fps, total, audio, out, pool, clock, progress, report, watermark
-            )
+                try:
+                    output = await self._stream(
+                        prepared,
+                        mel,
+                        fps,
+                        total,
+                        audio,
+                        out,
+                        pool,
+                        clock,
+                        progress,
+                        report,
+                        watermark,
+                    )
+                except PipelineError:
+                    # A failed preparation is the root cause of whatever rendering then hit.
+                    if prepared.error is not None:
+                        raise prepared.error from None
+                    raise
+                avatar = await prepared.result()
         return JobResult(
             output=output,
             frames=total,
@@ -238,7 +255,7 @@ class Engine:
 
     async def _stream(
         self,
-        avatar: avatar_stage.Avatar,
+        avatar: AvatarPrefix,
         mel: np.ndarray,
         fps: Fraction,
         total: int,
@@ -325,6 +342,22 @@ def _abort(writer: Mp4Writer, pool: ThreadPoolExecutor) -> None:
     crashes libavformat (a segfault, seen when a job is cancelled mid-encode)."""
     pool.shutdown(wait=True, cancel_futures=True)
     writer.abort()
+
+
+def _avatar_listener(
+    progress: Progress, report: ProgressCallback, clock: StageClock, started: float
+) -> Callable[[AvatarPrefix], None]:
+    """Reports the avatar's preparation in the job's progress; the job's stage stays
+    "avatar" until preparation ends, though frames may be rendered meanwhile."""
+
+    def listener(prefix: AvatarPrefix) -> None:
+        progress.avatar_frames = prefix.frames_decoded
+        if prefix.avatar is not None and progress.stage == "avatar":
+            clock.add("avatar", time.perf_counter() - started)
+            progress.stage = "infer" if progress.frames_total else "drive"
+        report(progress)
+
+    return listener
 
 
 def _frames_without_face(avatar: avatar_stage.Avatar, total: int) -> int:

@@ -38,3 +38,25 @@ def test_track_gives_integer_boxes_inside_the_frame() -> None:
     out = boxes.track([0, 5], key, 6, 40, 60)
     assert out.dtype == np.int32
     assert (out[:, 0] >= 0).all() and (out[:, 2] <= 40).all() and (out[:, 3] <= 60).all()
+
+
+def test_rows_published_as_keyframes_settle_equal_the_whole_track() -> None:
+    rng = np.random.default_rng(3)
+    keyframes = [0, 4, 8, 12, 16, 20, 24, 28, 32, 33]
+    key_boxes = np.array([[100, 80, 200, 210]] * len(keyframes), np.float64)
+    key_boxes += rng.normal(0, 3, key_boxes.shape)
+    key_boxes[5] = boxes.NO_FACE  # a run of frames without a face in the middle
+    whole = boxes.track(keyframes, key_boxes, 34, 320, 240)
+
+    published: list[np.ndarray] = []
+    done = 0
+    for count in range(1, len(keyframes) + 1):
+        settled = keyframes[count - 1]
+        rows = boxes.track_rows(
+            keyframes[:count], key_boxes[:count], done, settled, count == len(keyframes), 320, 240
+        )
+        published.append(rows)
+        done += len(rows)
+
+    np.testing.assert_array_equal(np.concatenate(published), whole)
+    assert done == 34

@@ -4,7 +4,12 @@ from fractions import Fraction
 
 import pytest
 
-from orchestrator.pipeline.drive import output_fps, output_frame_count, pingpong
+from orchestrator.pipeline.drive import (
+    output_fps,
+    output_frame_count,
+    pingpong,
+    source_frame,
+)
 
 
 @pytest.mark.parametrize(
@@ -37,3 +42,10 @@ def test_pingpong_cuts_when_audio_is_shorter() -> None:
 def test_output_rate_is_the_avatars_unless_one_is_set() -> None:
     assert output_fps(29.97002997, None) == Fraction(30000, 1001)
     assert output_fps(25.0, 30.0) == 30
+
+
+def test_the_walk_waits_for_frames_being_prepared_and_turns_back_only_at_the_end() -> None:
+    assert source_frame(3, ready=10, frame_count=None) == 3
+    assert source_frame(10, ready=10, frame_count=None) is None, "not prepared yet: wait"
+    assert source_frame(12, ready=10, frame_count=None) is None, "never turns back early"
+    assert source_frame(12, ready=10, frame_count=10) == pingpong(12, 10) == 6

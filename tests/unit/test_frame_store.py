@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.errors import BadInput
+from orchestrator.errors import BadInput, PipelineError
 from orchestrator.pipeline.frame_store import FRAMES_FILE, FrameStore, FrameWriter
 from tests.pipeline.frames import psnr
 
@@ -52,3 +52,21 @@ def test_a_truncated_store_is_a_clear_error(tmp_path: Path) -> None:
         store.read(1)
         with pytest.raises(BadInput, match="truncated at frame 2"):
             store.read(2)
+
+
+def test_a_reader_of_a_growing_store_sees_frames_written_after_it_opened(tmp_path: Path) -> None:
+    frames = _frames(3)
+    writer = FrameWriter(tmp_path, "raw", 95)
+    reader = writer.reader(SHAPE[1], SHAPE[0])
+    writer.append(frames[0])
+    np.testing.assert_array_equal(reader.read(0), frames[0])
+    with pytest.raises(PipelineError, match="not in the avatar's frame store yet"):
+        reader.read(1)
+    writer.append(frames[1])
+    writer.append(frames[2])
+    writer.close()
+    (tmp_path / "moved").mkdir()
+    (tmp_path / FRAMES_FILE).rename(tmp_path / "moved" / FRAMES_FILE)
+    # Still readable once moved: the cache renames the folder under a reader.
+    np.testing.assert_array_equal(reader.read(2), frames[2])
+    reader.close()
