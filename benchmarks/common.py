@@ -10,13 +10,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from localtriton.launcher import local_triton
-from modelkit.build import build_repository, repository_with_wav2lip
+from modelkit.build import build, build_repository, lipsync_artifact, repository_with_wav2lip
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 # The Wav2Lip-96 architecture served beside the production models, for honest compute.
 WAV2LIP_MODEL = "lipsync_wav2lip"
+
+
+def wav2lip_onnx() -> Path:
+    """The Wav2Lip-96 ONNX file (random weights) that WAV2LIP_MODEL serves, built if needed,
+    for the benchmarks that run the model in this process."""
+    out = REPO / "build" / "models" / "wav2lip96-random.onnx"
+    artifact = lipsync_artifact(REPO / "model_repository", "wav2lip-random", out=out)
+    build(artifact, REPO / "build" / "stamps", log=lambda _: None)
+    return out
 
 
 @contextmanager

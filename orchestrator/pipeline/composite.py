@@ -22,7 +22,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from orchestrator.pipeline.infer import PIXEL_MAX, BatchTask, face_stack
+from orchestrator.pipeline.infer import BatchTask
 from orchestrator.pipeline.stages import END, GeneratedFrame, StageClock
 
 STAGE = "composite"
@@ -63,6 +63,15 @@ def lower_face_mask(height: int, width: int) -> np.ndarray:
     return mask
 
 
+@lru_cache(maxsize=64)
+def _lower_face_mask_bgr(height: int, width: int) -> np.ndarray:
+    """lower_face_mask on all three channels: OpenCV multiplies equal shapes ~10x faster
+    than numpy broadcasts [h, w, 1] over [h, w, 3]."""
+    mask = np.ascontiguousarray(np.repeat(lower_face_mask(height, width), 3, axis=2))
+    mask.setflags(write=False)
+    return mask
+
+
 def composite_frame(
     frame: np.ndarray, box: tuple[int, int, int, int], face: np.ndarray
 ) -> np.ndarray:
@@ -73,17 +82,33 @@ def composite_frame(
     """
     x1, y1, x2, y2 = box
     width, height = x2 - x1, y2 - y1
-    size = face.shape[0]
-    given = np.rint(face_stack(frame, box, size)[3:].transpose(1, 2, 0) * PIXEL_MAX)
-    change = face.astype(np.float32) - given.astype(np.float32)
+    # The crop the model was given: infer.face_stack's reference channels, whose round trip
+    # through [0, 1] floats gives back these very integers.
+    given = _given_crop(frame, box, face.shape[0])
+    change = face.astype(np.float32)
+    change -= given
     out = frame.copy()
     if not change.any():
         return out  # the model returned its input: nothing to blend, and nothing to blur
-    resized = cv2.resize(change, (width, height), interpolation=cv2.INTER_LINEAR)
-    region = out[y1:y2, x1:x2].astype(np.float32)
-    blended = region + resized * lower_face_mask(height, width)
-    out[y1:y2, x1:x2] = np.clip(np.floor(blended + 0.5), 0, 255).astype(np.uint8)
+    # In place, one box-sized float buffer: at 1080p the box is ~0.25 Mpx and each extra
+    # temporary cost about a millisecond.
+    blended = np.asarray(
+        cv2.resize(change, (width, height), interpolation=cv2.INTER_LINEAR), np.float32
+    )
+    cv2.multiply(blended, _lower_face_mask_bgr(height, width), dst=blended)
+    region = out[y1:y2, x1:x2]
+    np.add(blended, region, out=blended)
+    np.add(blended, 0.5, out=blended)
+    np.floor(blended, out=blended)
+    np.clip(blended, 0, 255, out=blended)
+    region[...] = blended  # whole numbers in [0, 255]: the cast to uint8 is exact
     return out
+
+
+def _given_crop(frame: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    x1, y1, x2, y2 = box
+    crop = cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
+    return crop.astype(np.float32)
 
 
 def _composite(generated: GeneratedFrame) -> np.ndarray:

@@ -30,9 +30,6 @@ log = logging.getLogger(__name__)
 
 NVENC = "h264_nvenc"
 X264 = "libx264"
-# Quality/speed of libx264: CRF 20 is visually lossless for talking heads; "veryfast"
-# keeps encoding well ahead of inference on a few cores.
-X264_OPTIONS = {"crf": "20", "preset": "veryfast"}
 # AAC in MP4 supports these rates; anything else is resampled to 48 kHz.
 AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 AAC_BITRATE = 128_000
@@ -143,6 +140,32 @@ def _image_overlay(path: Path, width: int, height: int) -> tuple[np.ndarray, np.
     return picture[..., :3], picture[..., 3].astype(np.float32) / 255
 
 
+@dataclass(frozen=True)
+class VideoEncoder:
+    """The video codec and libx264's settings (DH_X264_PRESET, DH_X264_CRF,
+    DH_ENCODE_THREADS); the defaults are the settings' own, chosen by measurement."""
+
+    codec: str = X264
+    preset: str = Settings.model_fields["x264_preset"].default
+    crf: float = Settings.model_fields["x264_crf"].default
+    threads: int = Settings.model_fields["encode_threads"].default
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VideoEncoder:
+        """The encoder the settings ask for, falling back to libx264 where it cannot open."""
+        codec = pick_encoder(settings.video_encoder)
+        return cls(codec, settings.x264_preset, settings.x264_crf, settings.encode_threads)
+
+    def options(self) -> dict[str, str]:
+        """The codec's private options; libx264's only (h264_nvenc keeps its defaults)."""
+        if self.codec != X264:
+            return {}
+        options = {"preset": self.preset, "crf": f"{self.crf:g}"}
+        if self.threads:
+            options["threads"] = str(self.threads)
+        return options
+
+
 def pick_encoder(requested: str) -> str:
     """`requested` if this PyAV build can open it here, else libx264 with one warning."""
     if requested == X264:
@@ -171,9 +194,10 @@ class Mp4Writer:
         height: int,
         fps: Fraction,
         audio: Path,
-        codec: str,
+        codec: str | VideoEncoder,
         watermark: Watermark | None = None,
     ) -> None:
+        encoder = codec if isinstance(codec, VideoEncoder) else VideoEncoder(codec)
         self.out = out
         self._overlay = None if watermark is None else watermark_overlay(watermark, width, height)
         self.partial = out.with_name(f".{out.name}.partial")
@@ -185,12 +209,11 @@ class Mp4Writer:
             str(self.partial), "w", format="mp4", options={"movflags": "+faststart"}
         )
         try:
-            video = self._container.add_stream(codec, rate=fps)
+            video = self._container.add_stream(encoder.codec, rate=fps)
             if not isinstance(video, av.VideoStream):
-                raise PipelineError(STAGE, f"{codec} is not a video encoder")
+                raise PipelineError(STAGE, f"{encoder.codec} is not a video encoder")
             video.width, video.height, video.pix_fmt = self.width, self.height, "yuv420p"
-            if codec == X264:
-                video.options = dict(X264_OPTIONS)
+            video.options = dict[str, object](encoder.options())
             video.codec_context.time_base = 1 / fps
             self._video = video
             self._source = av.open(str(audio), "r")

@@ -28,7 +28,7 @@ from orchestrator.pipeline.boxes import has_face
 from orchestrator.pipeline.composite import composite
 from orchestrator.pipeline.decode import decode_audio, require_input
 from orchestrator.pipeline.drive import drive, output_fps, output_frame_count, pingpong
-from orchestrator.pipeline.encode import Mp4Writer, Watermark, encode, pick_encoder
+from orchestrator.pipeline.encode import Mp4Writer, VideoEncoder, Watermark, encode
 from orchestrator.pipeline.infer import BatchTask, infer
 from orchestrator.pipeline.mel import SAMPLE_RATE, mel_spectrogram
 from orchestrator.pipeline.stages import FRAME_QUEUE_DEPTH, DrivenFrame, StageClock, guarded
@@ -95,7 +95,7 @@ class Engine:
         # NVML probes (start-up, every readiness check) get a thread of their own: the
         # loop's default executor grows with concurrent callers and never shrinks.
         self._probes = ThreadPoolExecutor(1, thread_name_prefix="dh-probe")
-        self.video_codec = pick_encoder(settings.video_encoder)
+        self.video_codec = VideoEncoder.from_settings(settings)
         self.preparations = avatar_stage.Preparations(self.avatars_dir, self.client, settings)
 
     @property
