@@ -7,6 +7,7 @@ in frame order, so the next stage gets results in order however Triton schedules
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from concurrent.futures import Executor
 
 import cv2
@@ -17,6 +18,10 @@ from orchestrator.triton import TritonClient
 
 STAGE = "infer"
 PIXEL_MAX = 255.0
+# Frames in a job's first request. The first output frame waits for its whole batch (and
+# for the avatar frames it needs to be prepared), so a job starts small and doubles up to
+# the configured size: the first frame comes sooner, throughput stays the same.
+FIRST_BATCH = 4
 
 BatchTask = asyncio.Task[list[GeneratedFrame]]
 
@@ -40,6 +45,14 @@ def _batch_inputs(batch: list[DrivenFrame], size: int) -> tuple[np.ndarray, np.n
     faces = np.stack([face_stack(item.frame, item.box, size) for item in with_face])  # type: ignore[arg-type]
     mels = np.stack([item.mel_window[None] for item in with_face]).astype(np.float32)
     return mels, faces
+
+
+def batch_sizes(batch_size: int) -> Iterator[int]:
+    """FIRST_BATCH, doubling each time, then `batch_size` for ever."""
+    size = min(FIRST_BATCH, batch_size)
+    while True:
+        yield size
+        size = min(size * 2, batch_size)
 
 
 def _to_pixels(pred: np.ndarray) -> np.ndarray:
@@ -78,15 +91,17 @@ async def infer(
 ) -> None:
     """`out` is bounded: its size is the number of batches in flight."""
     batch: list[DrivenFrame] = []
+    sizes = batch_sizes(batch_size)
+    size = next(sizes)
     while True:
         item = await source.get()
         if item is not END:
             batch.append(item)
-        if batch and (item is END or len(batch) == batch_size):
+        if batch and (item is END or len(batch) == size):
             work = _infer_batch(batch, client, model, face_size, pool, clock)
             task = group.create_task(guarded(STAGE, work))
             await out.put(task)
-            batch = []
+            batch, size = [], next(sizes)
         if item is END:
             await out.put(END)
             return
