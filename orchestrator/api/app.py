@@ -38,6 +38,7 @@ from orchestrator.errors import (
     Unauthorized,
     describe,
 )
+from orchestrator.jobs.admission import Admission
 from orchestrator.jobs.avatars import Avatars
 from orchestrator.jobs.readiness import TritonGate
 from orchestrator.jobs.retention import Retention
@@ -87,10 +88,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(http.aclose)
         webhook_http = guarded_client(webhook_policy(settings))
         stack.push_async_callback(webhook_http.aclose)
-        admission = asyncio.Lock()
+        admission_lock = asyncio.Lock()
         # Jobs and avatar preparation start only while Triton is ready (jobs.readiness).
         gate = TritonGate(engine)
-        avatar_service = Avatars(settings, engine, store, storage, admission, gate)
+        avatar_service = Avatars(settings, engine, store, storage, admission_lock, gate)
         stack.push_async_callback(avatar_service.stop)
 
         async def webhook_document(job: JobRecord) -> dict[str, Any]:
@@ -98,6 +99,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         webhooks = WebhookSender(settings, store, webhook_http, webhook_document)
         stack.push_async_callback(webhooks.stop)
+        admission = Admission(settings, store, storage, admission_lock)
         scheduler = Scheduler(
             settings,
             engine,
@@ -125,6 +127,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             storage=storage,
             engine=engine,
             avatars=avatar_service,
+            admission=admission,
             scheduler=scheduler,
             metrics=service_metrics,
             io_pool=io_pool,

@@ -9,6 +9,7 @@ from typing import Annotated
 import httpx
 from fastapi import Depends, Request
 
+from orchestrator.jobs.admission import Admission
 from orchestrator.jobs.avatars import Avatars
 from orchestrator.jobs.scheduler import Scheduler
 from orchestrator.jobs.store import JobStore
@@ -25,6 +26,7 @@ class Service:
     storage: Storage
     engine: Engine
     avatars: Avatars
+    admission: Admission
     scheduler: Scheduler
     metrics: ServiceMetrics
     io_pool: ThreadPoolExecutor  # upload writes, hashing, probing: short blocking calls

@@ -9,8 +9,8 @@ from typing import TypeVar
 
 from orchestrator.api.deps import Service
 from orchestrator.errors import BadInput
+from orchestrator.jobs.admission import JobInputs
 from orchestrator.jobs.limits import AudioInfo, check_audio, check_video
-from orchestrator.jobs.scheduler import JobInputs
 from orchestrator.jobs.store import FAILED, JobRecord
 from orchestrator.jobs.webhook import check_webhook_url
 from orchestrator.pipeline.decode import VideoInfo
@@ -91,4 +91,4 @@ async def submit_job(
             super_resolution=super_resolution,
         )
     # A client code used twice: DuplicateCode (409) from the store, whichever engine.
-    return await service.scheduler.submit(inputs)
+    return await service.admission.submit(inputs)

@@ -1,4 +1,4 @@
-"""The scheduler: admission, at most N jobs at once per replica, deadlines, cancellation.
+"""The scheduler: at most N jobs at once per replica, deadlines, cancellation, outcomes.
 
 The store is the queue: a job is a row in state "queued" until a replica claims it,
 oldest first, whenever it has a free slot. The dispatcher wakes on events (a submission,
@@ -6,8 +6,7 @@ a job ending, another replica's NOTIFY, the lease sweep's tick), never on a bare
 Each running job is one asyncio task around `Engine.generate` under a deadline;
 cancelling the task cancels the pipeline's task group.
 
-Admission is cluster-wide: the backlog bound counts every replica's queued jobs and the
-free slots of every live replica (the store checks and inserts as one step).
+Admission (orchestrator.jobs.admission) queues jobs and tells the scheduler.
 
 Leases (orchestrator.jobs.leases) replace "running at start-up" recovery: a running job
 is held by its replica's lease; a job whose replica died is queued again once its lease
@@ -27,26 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from orchestrator.errors import (
-    Backlogged,
-    BadInput,
     Conflict,
     NotFound,
     PipelineError,
     TritonUnavailable,
     describe,
 )
+from orchestrator.jobs.admission import Admission
 from orchestrator.jobs.avatars import Avatars
 from orchestrator.jobs.leases import Leases
-from orchestrator.jobs.limits import job_deadline_s
 from orchestrator.jobs.readiness import TritonGate
 from orchestrator.jobs.store import (
     CANCEL_EVENT,
@@ -75,10 +68,6 @@ log = logging.getLogger(__name__)
 STAGE = "scheduler"
 # How long DELETE waits for a running job to wind down; the pipeline stops well within it.
 CANCEL_WAIT_S = 5.0
-# Retry-After when no job has finished yet to estimate from.
-DEFAULT_RETRY_AFTER_S = 5
-MAX_RETRY_AFTER_S = 600
-RECENT_JOBS = 20  # jobs whose durations estimate the wait
 # Recording a job's outcome while the store is away: tried again this often, until the
 # job's lease would have expired anyway (another replica then runs it again).
 RECORD_RETRY_S = 1.0
@@ -93,23 +82,6 @@ class _Running:
     started: float = field(default_factory=time.monotonic)
 
 
-@dataclass(frozen=True)
-class JobInputs:
-    """Staged inputs of a new job; the scheduler moves them into the job's directory."""
-
-    audio: Path
-    audio_seconds: float
-    avatar_id: str
-    video: Path  # the registered avatar's source, or a staged one-off video
-    registered_avatar: bool
-    client_code: str | None = None
-    webhook_url: str | None = None
-    audio_name: str | None = None  # the inputs as the client named them, for messages
-    video_name: str | None = None
-    watermark: bool = False
-    super_resolution: bool = False
-
-
 class Scheduler:
     def __init__(
         self,
@@ -120,7 +92,7 @@ class Scheduler:
         avatars: Avatars,
         metrics: ServiceMetrics,
         webhooks: WebhookSender,
-        admission: asyncio.Lock,
+        admission: Admission,
         gate: TritonGate,
         on_succeeded: Callable[[JobRecord], Awaitable[None]] | None = None,
     ) -> None:
@@ -131,13 +103,12 @@ class Scheduler:
         self.avatars = avatars
         self.metrics = metrics
         self.webhooks = webhooks
-        # Held for check-then-insert of a job; Avatars holds it to check-then-delete.
         self.admission = admission
+        admission.on_queued(self._queued)
         self._running: dict[str, _Running] = {}
         self._ended: dict[str, asyncio.Event] = {}  # DELETEs waiting on another replica
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
-        self._recent_seconds: deque[float] = deque(maxlen=RECENT_JOBS)
         # Started and stopped by the owner (shared with avatar preparation).
         self.gate = gate
         gate.on_open(self._wake.set)
@@ -185,6 +156,11 @@ class Scheduler:
             await self._notify(QUEUED_EVENT)  # another replica may take them now
         await self.leases.stop()
 
+    async def _queued(self, _: JobRecord) -> None:
+        """A job was admitted here: this replica may run it, and so may the others."""
+        self._wake.set()
+        await self._notify(QUEUED_EVENT)
+
     def _on_event(self, event: str) -> None:
         """An event from any replica (through the store)."""
         if event == QUEUED_EVENT:
@@ -202,61 +178,6 @@ class Scheduler:
             await self.store.notify(event)
         except StoreUnavailable as exc:  # the others find out at their next sweep
             log.warning("could not tell the other replicas (%s): %s", event, exc.message)
-
-    # admission
-
-    async def submit(self, inputs: JobInputs) -> JobRecord:
-        """Queues a job; Backlogged when the backlog is full (the caller discards inputs)."""
-        async with self.admission:
-            if inputs.registered_avatar and await self.store.get_avatar(inputs.avatar_id) is None:
-                raise BadInput("request", f"no avatar with id '{inputs.avatar_id}'")
-            job_id = uuid.uuid4().hex
-            job_dir = self.storage.job_dir(job_id)
-            audio = await self.storage.adopt(inputs.audio, job_dir / f"audio{inputs.audio.suffix}")
-            video = inputs.video
-            if not inputs.registered_avatar:
-                video = await self.storage.adopt(video, job_dir / f"video{video.suffix}")
-            job = JobRecord(
-                id=job_id,
-                created_at=time.time(),
-                audio_path=str(audio),
-                video_path=str(video),
-                avatar_id=inputs.avatar_id,
-                audio_seconds=inputs.audio_seconds,
-                deadline_s=job_deadline_s(inputs.audio_seconds, self.settings),
-                registered_avatar=inputs.registered_avatar,
-                client_code=inputs.client_code,
-                webhook_url=inputs.webhook_url,
-                audio_name=inputs.audio_name,
-                video_name=inputs.video_name,
-                watermark=inputs.watermark,
-                super_resolution=inputs.super_resolution,
-            )
-            try:
-                admitted = await self.store.admit_job(job, self.settings.max_backlog)
-            except BaseException:
-                await self.storage.remove_job(job_id)
-                raise
-            if not admitted.accepted:
-                await self.storage.remove_job(job_id)
-                retry = self.retry_after_s(admitted.queued, admitted.capacity)
-                raise Backlogged(
-                    "admission",
-                    f"the backlog is full ({admitted.queued} jobs queued, "
-                    f"{admitted.running} running); try again in about {retry} s",
-                    retry,
-                )
-        self._wake.set()
-        await self._notify(QUEUED_EVENT)
-        return job
-
-    def retry_after_s(self, queued: int, capacity: int | None = None) -> int:
-        if not self._recent_seconds:
-            return DEFAULT_RETRY_AFTER_S
-        mean = sum(self._recent_seconds) / len(self._recent_seconds)
-        slots = max(1, capacity or self.settings.max_running_jobs)
-        wait = mean * (queued + 1) / slots
-        return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(wait))))
 
     # queries
 
@@ -507,7 +428,7 @@ class Scheduler:
         await self._forget_one_off_avatar(job)
         seconds = time.monotonic() - entry.started
         if job.state == SUCCEEDED:
-            self._recent_seconds.append(seconds)
+            self.admission.job_took(seconds)
         self.metrics.job_finished(job.state, seconds, job.stage_seconds)
         log.info("job %s %s after %.2f s", job.id, job.state, seconds)
         self.webhooks.send(job)
@@ -550,7 +471,7 @@ class Scheduler:
         if job.registered_avatar:
             return
         # Under the admission lock: no job with the same video can be queued meanwhile.
-        async with self.admission:
+        async with self.admission.lock:
             if await self.store.get_avatar(job.avatar_id) is not None:
                 return
             if await self.store.avatar_in_use(job.avatar_id):
