@@ -34,11 +34,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-# Wav2Lip's contract: 80 mel bands, 16 mel frames per window, mel normalised to [-4, 4].
-MEL_BANDS = 80
-MEL_WINDOW = 16
-MEL_FLOOR = -4.0
-MEL_SPAN = 8.0
+# Wav2Lip's contract, shared with the grey-box model.
+from modelkit.reference import MEL_BANDS, MEL_FLOOR, MEL_SPAN, MEL_WINDOW, OPSET
+
 # The window of frame i starts at frame i's own time (DESIGN.md, "drive"); its first four
 # mel frames (12.5 ms apart) are the sound while the frame is on screen at 25 fps, so the
 # mouth moves with the syllable heard, not with the 200 ms average of the whole window.
@@ -67,7 +65,6 @@ OPENING_ALPHA = 0.9
 # q is in pixels squared: a wide-open mouth (h ~ 4 px) is dark in its middle with an edge
 # under a pixel wide; a barely open one (h < 2 px) is only a faint shadow between the lips.
 OPENING_SOFTNESS = 6.0
-OPSET = 17
 
 
 def _smoothstep(u: np.ndarray) -> np.ndarray:

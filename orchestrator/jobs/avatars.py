@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.errors import Conflict, NotFound, PipelineError, TritonUnavailable, describe
-from orchestrator.jobs.readiness import TritonGate
+from orchestrator.errors import Conflict, NotFound, PipelineError, describe
+from orchestrator.jobs.readiness import OUTAGES, TritonGate
 from orchestrator.jobs.store import FAILED, PREPARING, READY, AvatarRecord, JobStore
 from orchestrator.pipeline.avatar import Avatar
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
-from orchestrator.storage import Storage, StorageUnavailable
+from orchestrator.storage import Storage
 
 log = logging.getLogger(__name__)
 STAGE = "avatar"
@@ -131,15 +131,11 @@ class Avatars:
                         )
                     await self.storage.publish_avatar(record.id)
                     return avatar
-            except TritonUnavailable as exc:
-                self.gate.report_down(exc.message)
+            except OUTAGES as exc:
+                self.gate.report_outage(exc)
                 if attempt == self.settings.max_attempts:
                     raise
-                log.warning("avatar %s: %s; prepared again when Triton is back", record.id, exc)
-            except StorageUnavailable as exc:
-                if attempt == self.settings.max_attempts:
-                    raise
-                log.warning("avatar %s: %s; prepared again when storage is back", record.id, exc)
+                log.warning("avatar %s: %s; prepared again when it is back", record.id, exc)
         raise AssertionError("max_attempts >= 1")
 
     async def _prepare(self, record: AvatarRecord) -> None:

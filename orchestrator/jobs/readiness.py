@@ -15,9 +15,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from orchestrator.errors import TritonUnavailable
 from orchestrator.pipeline.runner import Engine
+from orchestrator.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
+# Failures that are no job's or avatar's fault: a dependency went away. The work waits
+# (the gate, or the storage's availability) and runs again, its attempt counted.
+OUTAGES = (TritonUnavailable, StorageUnavailable)
 # While closed, the longest wait between readiness checks when the channel stays quiet
 # (Triton up but a model still loading sends no connectivity event).
 RECHECK_S = 1.0
@@ -57,6 +62,12 @@ class TritonGate:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    def report_outage(self, error: Exception) -> None:
+        """Closes the gate when `error` (one of OUTAGES) is Triton's; object storage has a
+        watcher of its own."""
+        if isinstance(error, TritonUnavailable):
+            self.report_down(error.message)
 
     def report_down(self, reason: str) -> None:
         """A job met an outage: close now rather than at the next connectivity event."""

@@ -34,13 +34,12 @@ from orchestrator.errors import (
     Conflict,
     NotFound,
     PipelineError,
-    TritonUnavailable,
     describe,
 )
 from orchestrator.jobs.admission import Admission
 from orchestrator.jobs.avatars import Avatars
 from orchestrator.jobs.leases import Leases
-from orchestrator.jobs.readiness import TritonGate
+from orchestrator.jobs.readiness import OUTAGES, TritonGate
 from orchestrator.jobs.store import (
     CANCEL_EVENT,
     CANCELLED,
@@ -62,7 +61,7 @@ from orchestrator.metrics import ServiceMetrics
 from orchestrator.pipeline.encode import Watermark
 from orchestrator.pipeline.runner import Engine, Progress
 from orchestrator.settings import Settings
-from orchestrator.storage import Storage, StorageUnavailable
+from orchestrator.storage import Storage
 
 log = logging.getLogger(__name__)
 STAGE = "scheduler"
@@ -356,20 +355,12 @@ class Scheduler:
                 raise
             job.state = CANCELLED
             job.error = {"stage": self._stage(entry, job), "message": "cancelled by the client"}
-        except TritonUnavailable as exc:
-            # Not the job's fault: it waits in the queue for Triton, its attempt counted.
-            self.gate.report_down(exc.message)
-            if job.attempts < self.settings.max_attempts:
-                job.state, job.error = QUEUED, exc.as_record()
-            else:
-                job.state, job.error = FAILED, exc.as_record()
-        except StorageUnavailable as exc:
-            # Nor this: it waits in the queue until object storage is back (the dispatcher
-            # starts nothing meanwhile), its attempt counted.
-            if job.attempts < self.settings.max_attempts:
-                job.state, job.error = QUEUED, exc.as_record()
-            else:
-                job.state, job.error = FAILED, exc.as_record()
+        except OUTAGES as exc:
+            # Not the job's fault: it waits in the queue until Triton or object storage is
+            # back (the dispatcher starts nothing meanwhile), its attempt counted.
+            self.gate.report_outage(exc)
+            job.state = QUEUED if job.attempts < self.settings.max_attempts else FAILED
+            job.error = exc.as_record()
         except PipelineError as exc:
             job.state, job.error = FAILED, exc.as_record()
         except Exception as exc:  # an untyped fault still ends the job with a reason

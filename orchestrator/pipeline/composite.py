@@ -22,7 +22,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from orchestrator.pipeline.infer import BatchTask
+from orchestrator.pipeline.infer import BatchTask, face_crop
 from orchestrator.pipeline.stages import END, GeneratedFrame, StageClock
 
 STAGE = "composite"
@@ -73,18 +73,21 @@ def _lower_face_mask_bgr(height: int, width: int) -> np.ndarray:
 
 
 def composite_frame(
-    frame: np.ndarray, box: tuple[int, int, int, int], face: np.ndarray
+    frame: np.ndarray,
+    box: tuple[int, int, int, int],
+    face: np.ndarray,
+    given: np.ndarray | None = None,
 ) -> np.ndarray:
     """A new frame: `frame` with the change `face` makes to the crop of `box` blended in.
 
     `face` is the model's [S, S, 3] BGR uint8 output for the crop of `frame` at `box`
-    (as `infer.face_stack` made it); nothing outside `box` changes.
+    (as `infer.face_stack` made it); nothing outside `box` changes. `given` is the crop
+    the model was given (`infer.face_crop`), made here when the caller has none.
     """
     x1, y1, x2, y2 = box
     width, height = x2 - x1, y2 - y1
-    # The crop the model was given: infer.face_stack's reference channels, whose round trip
-    # through [0, 1] floats gives back these very integers.
-    given = _given_crop(frame, box, face.shape[0])
+    if given is None:
+        given = face_crop(frame, box, face.shape[0])
     change = face.astype(np.float32)
     change -= given
     out = frame.copy()
@@ -105,17 +108,11 @@ def composite_frame(
     return out
 
 
-def _given_crop(frame: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    x1, y1, x2, y2 = box
-    crop = cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
-    return crop.astype(np.float32)
-
-
 def _composite(generated: GeneratedFrame) -> np.ndarray:
     driven = generated.driven
     if generated.face is None or driven.box is None:
         return driven.frame  # no face: passed through unchanged
-    return composite_frame(driven.frame, driven.box, generated.face)
+    return composite_frame(driven.frame, driven.box, generated.face, generated.given)
 
 
 async def composite(

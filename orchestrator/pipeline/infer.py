@@ -26,25 +26,35 @@ FIRST_BATCH = 4
 BatchTask = asyncio.Task[list[GeneratedFrame]]
 
 
-def face_stack(frame: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """The lipsync `face` input for one frame: [6, S, S] in [0, 1], BGR like Wav2Lip.
-
-    Channels 0-2 are the target crop with its lower half zeroed (the model must draw the
-    mouth), channels 3-5 the unmasked crop as the reference.
-    """
+def face_crop(frame: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """The box of `frame` as the model sees it: BGR uint8 [S, S, 3]."""
     x1, y1, x2, y2 = box
-    crop = cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
+
+
+def face_stack(frame: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """The lipsync `face` input for one frame: [6, S, S] in [0, 1], BGR like Wav2Lip."""
+    return _stack(face_crop(frame, box, size))
+
+
+def _stack(crop: np.ndarray) -> np.ndarray:
+    """Channels 0-2 are the target crop with its lower half zeroed (the model must draw
+    the mouth), channels 3-5 the unmasked crop as the reference."""
+    size = crop.shape[0]
     chw = crop.transpose(2, 0, 1).astype(np.float32) / PIXEL_MAX
     masked = chw.copy()
     masked[:, size // 2 :] = 0.0
     return np.concatenate([masked, chw])
 
 
-def _batch_inputs(batch: list[DrivenFrame], size: int) -> tuple[np.ndarray, np.ndarray]:
-    with_face = [item for item in batch if item.box is not None]
-    faces = np.stack([face_stack(item.frame, item.box, size) for item in with_face])  # type: ignore[arg-type]
-    mels = np.stack([item.mel_window[None] for item in with_face]).astype(np.float32)
-    return mels, faces
+def _batch_inputs(
+    batch: list[DrivenFrame], size: int
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """mel and face inputs of the frames with a face, and their crops (for composite)."""
+    crops = [face_crop(item.frame, item.box, size) for item in batch if item.box is not None]
+    faces = np.stack([_stack(crop) for crop in crops])
+    mels = np.stack([item.mel_window[None] for item in batch if item.box is not None])
+    return mels.astype(np.float32), faces, crops
 
 
 def batch_sizes(batch_size: int) -> Iterator[int]:
@@ -70,12 +80,19 @@ async def _infer_batch(
 ) -> list[GeneratedFrame]:
     if not any(item.box is not None for item in batch):
         return [GeneratedFrame(item, None) for item in batch]
-    mels, faces = await clock.run(STAGE, pool, _batch_inputs, batch, face_size)
+    mels, faces, given = await clock.run(STAGE, pool, _batch_inputs, batch, face_size)
     started = asyncio.get_running_loop().time()
     result = await client.infer(model, {"mel": mels, "face": faces}, ["pred"])
     clock.add(STAGE, asyncio.get_running_loop().time() - started)
-    crops = iter(await clock.run(STAGE, pool, _to_pixels, result["pred"]))
-    return [GeneratedFrame(item, next(crops) if item.box is not None else None) for item in batch]
+    generated = iter(
+        zip(await clock.run(STAGE, pool, _to_pixels, result["pred"]), given, strict=True)
+    )
+    return [
+        GeneratedFrame(item, *next(generated))
+        if item.box is not None
+        else GeneratedFrame(item, None)
+        for item in batch
+    ]
 
 
 async def infer(

@@ -36,6 +36,9 @@ class DrivenFrame:
 class GeneratedFrame:
     driven: DrivenFrame
     face: np.ndarray | None  # generated face crop, BGR uint8 [S, S, 3]
+    # The crop of the box the model was given, BGR uint8 [S, S, 3]: composite blends
+    # the change between the two, and should not resize the box a second time.
+    given: np.ndarray | None = None
 
 
 @dataclass

@@ -145,9 +145,9 @@ DrivenRecord = tuple[int, int, tuple[int, int, int, int] | None, str, str]
 
 class DriveRecorder:
     """Records what the drive stage hands on (output frame, avatar frame, face box, and
-    digests of the pixels and the mel window): the input of everything after it. The
-    encoded files themselves are compared by frame count only, as libx264's output may
-    vary between runs of the same frames."""
+    digests of the pixels and the mel window): the input of everything after it, so a
+    difference is pinned to the frame and stage where it starts. The encoded files
+    themselves are compared by frame count."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.jobs: list[list[DrivenRecord]] = []
