@@ -97,6 +97,12 @@ def content_id(path: Path) -> str:
     return digest.hexdigest()[:32]
 
 
+def _partial_dir(avatars_dir: Path, avatar_id: str) -> Path:
+    """A folder of the avatar's being written or removed: never read as a cache, and
+    removed at start-up if a process dies with it (jobs.retention)."""
+    return avatars_dir / f".{avatar_id}.{uuid.uuid4().hex[:8]}.partial"
+
+
 def load_avatar(directory: Path) -> Avatar | None:
     """A completely prepared avatar from its directory, or None."""
     try:
@@ -193,7 +199,7 @@ class Preparations:
                     stop()
 
     def _start(self, video: Path, avatar_id: str, info: VideoInfo, name: str | None) -> _Running:
-        scratch = self.avatars_dir / f".{avatar_id}.{uuid.uuid4().hex[:8]}.partial"
+        scratch = _partial_dir(self.avatars_dir, avatar_id)
         scratch.mkdir(parents=True)
         writer = FrameWriter(
             scratch, self.settings.avatar_frame_codec, self.settings.avatar_jpeg_quality
@@ -272,6 +278,14 @@ class _Preparation:
         }
         (self.scratch / META_FILE).write_text(json.dumps(meta, indent=2))
         directory = self.owner.avatars_dir / self.avatar_id
+        if directory.exists() and load_avatar(directory) is None:
+            # A cache of an older STORE_VERSION, or a damaged one: complete caches only
+            # appear by the rename below, so nobody is writing it. Moved aside as a
+            # `.partial` (start-up removes those if this is cut short), then removed.
+            with contextlib.suppress(OSError):
+                stale = _partial_dir(self.owner.avatars_dir, self.avatar_id)
+                directory.rename(stale)
+                shutil.rmtree(stale, ignore_errors=True)
         with contextlib.suppress(OSError):
             # Fails when another process prepared the same avatar meanwhile; theirs is as
             # good as ours, and the scratch folder is removed either way.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.pipeline.avatar import content_id, load_avatar
 from orchestrator.pipeline.runner import Engine, Progress
 from orchestrator.triton import TritonClient
 from synthmedia.audio import voiced_speech, write_audio
@@ -84,3 +85,22 @@ async def test_wav2lip_architecture_runs_through_the_same_pipeline(
     with result.avatar.open_frames() as store:
         x1, y1, x2, y2 = result.avatar.boxes[0]
         assert psnr(frames[0][y1:y2, x1:x2], store.read(0)[y1:y2, x1:x2]) < 25
+
+
+async def test_a_cache_of_an_older_format_is_prepared_again_and_replaced(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # What an upgrade finds: the folder of this avatar, written by an older release.
+    avatar = tmp_path / "upgraded.mp4"
+    write_avatar_video(avatar, seconds=0.5, size=(160, 160))
+    audio = tmp_path / "speech.wav"
+    write_audio(audio, voiced_speech(0.5), 16000)
+    stale = engine.avatars_dir / content_id(avatar)
+    stale.mkdir(parents=True)
+    (stale / "meta.json").write_text('{"store_version": 1}')
+
+    result = await engine.generate(avatar, audio, tmp_path / "out.mp4")
+
+    assert result.frames == 13
+    assert load_avatar(stale) is not None, "the cache is the new one now"
+    assert not list(engine.avatars_dir.glob(".*.partial"))
