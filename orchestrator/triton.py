@@ -153,11 +153,6 @@ class TritonClient:
     async def close(self) -> None:
         await self._client.close()
 
-    def connected(self) -> bool:
-        """Whether the gRPC channel holds a live connection to Triton now (to any one of
-        several servers: round_robin's channel is READY while one of them is)."""
-        return self._channel().get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY
-
     async def connection_changed(self, timeout_s: float) -> None:
         """Returns when the channel's connection state changes (Triton went away or came
         back) or after `timeout_s`; lets a watcher react to the event instead of polling."""

@@ -60,9 +60,6 @@ class Avatars:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def preparing(self) -> int:
-        return len(self._tasks)
-
     def frames_seen(self, avatar_id: str) -> int | None:
         return self._frames_seen.get(avatar_id)
 

@@ -133,9 +133,6 @@ class AvatarPrefix:
         self._error = error
         self._notify()
 
-    def published_boxes(self) -> np.ndarray:
-        return self._boxes[: self._ready].copy()
-
     def _notify(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
         event.set()
