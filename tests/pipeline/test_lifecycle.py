@@ -92,11 +92,12 @@ async def test_a_cache_of_an_older_format_is_prepared_again_and_replaced(
 ) -> None:
     # What an upgrade finds: the folder of this avatar, written by an older release.
     avatar = tmp_path / "upgraded.mp4"
-    write_avatar_video(avatar, seconds=0.5, size=(160, 160))
+    # Its own bytes: the engine's cache is shared by this module's tests.
+    write_avatar_video(avatar, seconds=0.7, size=(160, 160))
     audio = tmp_path / "speech.wav"
     write_audio(audio, voiced_speech(0.5), 16000)
     stale = engine.avatars_dir / content_id(avatar)
-    stale.mkdir(parents=True)
+    stale.mkdir(parents=True, exist_ok=True)
     (stale / "meta.json").write_text('{"store_version": 1}')
 
     result = await engine.generate(avatar, audio, tmp_path / "out.mp4")
