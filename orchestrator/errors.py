@@ -11,7 +11,14 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/[^\s'\"(),;]+")
 
 
 class PipelineError(Exception):
-    """Root of the project's errors; carries the stage and a human message."""
+    """Root of the project's errors; carries the stage and a human message.
+
+    Each class knows how it is answered: `http_status` (the one mapping /v1, /easy and
+    webhooks share) and `retryable` (whether the same request can succeed later without
+    changing it: an outage or a full backlog can, bad input cannot)."""
+
+    http_status: int = 500
+    retryable: bool = False
 
     def __init__(self, stage: str, message: str) -> None:
         message = message.strip() or f"{type(self).__name__} with no detail"
@@ -26,6 +33,16 @@ class PipelineError(Exception):
 class BadInput(PipelineError):
     """The caller's input cannot be used (exit status 2, HTTP 4xx)."""
 
+    http_status = 422
+
+
+class DependencyUnavailable(PipelineError):
+    """A service the work needs (Triton, object storage, the job store) is down or too slow
+    to answer. Nobody's fault: the work waits and runs again (HTTP 503)."""
+
+    http_status = 503
+    retryable = True
+
 
 # The "model" of an error that concerns the whole Triton server, not one model.
 SERVER = "server"
@@ -39,12 +56,17 @@ class InferenceError(PipelineError):
         self.model = model
 
 
-class TritonUnavailable(InferenceError):
+class TritonUnavailable(InferenceError, DependencyUnavailable):
     """Triton (or the model) could not be reached within the retry deadline."""
+
+    http_status = 503
+    retryable = True
 
 
 class TritonTimeout(InferenceError):
     """A request ran past its deadline."""
+
+    retryable = True
 
 
 class TritonRejected(InferenceError):
@@ -94,18 +116,26 @@ class LimitExceeded(BadInput):
     def __init__(self, stage: str, message: str, status: int = 422) -> None:
         super().__init__(stage, message)
         self.status = status
+        self.http_status = status  # 413 for a body too large, 422 for media over a limit
 
 
 class NotFound(PipelineError):
     """The named job or avatar does not exist (HTTP 404)."""
 
+    http_status = 404
+
 
 class Conflict(PipelineError):
     """The request clashes with the resource's state (HTTP 409)."""
 
+    http_status = 409
+
 
 class Backlogged(PipelineError):
     """The backlog is full; try again after `retry_after_s` (HTTP 429)."""
+
+    http_status = 429
+    retryable = True
 
     def __init__(self, stage: str, message: str, retry_after_s: int) -> None:
         super().__init__(stage, message)
@@ -114,3 +144,5 @@ class Backlogged(PipelineError):
 
 class Unauthorized(PipelineError):
     """The request carries no valid API key (HTTP 401)."""
+
+    http_status = 401

@@ -29,12 +29,7 @@ from orchestrator.api.routes import avatars, easy, health, jobs, metrics
 from orchestrator.api.schemas import ErrorBody, ErrorDetail, error_responses
 from orchestrator.errors import (
     Backlogged,
-    BadInput,
-    Conflict,
-    LimitExceeded,
-    NotFound,
     PipelineError,
-    TritonUnavailable,
     Unauthorized,
     describe,
 )
@@ -43,14 +38,14 @@ from orchestrator.jobs.avatars import Avatars
 from orchestrator.jobs.readiness import TritonGate
 from orchestrator.jobs.retention import Retention
 from orchestrator.jobs.scheduler import Scheduler
-from orchestrator.jobs.store import JobRecord, StoreUnavailable, open_store
+from orchestrator.jobs.store import JobRecord, open_store
 from orchestrator.jobs.views import job_document
 from orchestrator.jobs.webhook import WebhookSender
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.outbound import fetch_policy, guarded_client, webhook_policy
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
-from orchestrator.storage import StorageUnavailable, open_storage
+from orchestrator.storage import open_storage
 
 log = logging.getLogger(__name__)
 REQUEST_TIMEOUT, PAYLOAD_TOO_LARGE = 408, 413
@@ -169,21 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def http_status(error: PipelineError) -> int:
-    if isinstance(error, LimitExceeded):
-        return error.status
-    for kind, status in (
-        (Unauthorized, 401),
-        (NotFound, 404),
-        (Conflict, 409),
-        (Backlogged, 429),
-        (BadInput, 422),
-        (TritonUnavailable, 503),
-        (StoreUnavailable, 503),
-        (StorageUnavailable, 503),
-    ):
-        if isinstance(error, kind):
-            return status
-    return 500
+    return error.http_status
 
 
 def error_response(status: int, stage: str, message: str, **headers: str) -> JSONResponse:

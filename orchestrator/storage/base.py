@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from orchestrator.errors import PipelineError
+from orchestrator.errors import DependencyUnavailable
 
 if TYPE_CHECKING:
     from orchestrator.jobs.store import JobRecord
@@ -30,7 +30,7 @@ _SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 _MAX_SUFFIX = 10
 
 
-class StorageUnavailable(PipelineError):
+class StorageUnavailable(DependencyUnavailable):
     """The object store cannot be reached or refuses the service (HTTP 503). The message
     names the endpoint and bucket, never credentials."""
 

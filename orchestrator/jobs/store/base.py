@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from orchestrator.errors import Conflict, PipelineError
+from orchestrator.errors import Conflict, DependencyUnavailable
 from orchestrator.jobs.store.records import Admission, AvatarRecord, JobProgress, JobRecord
 
 STAGE = "store"
@@ -26,7 +26,7 @@ class DuplicateCode(Conflict):
     """A job with this client code exists already (HTTP 409)."""
 
 
-class StoreUnavailable(PipelineError):
+class StoreUnavailable(DependencyUnavailable):
     """The job store cannot be reached (HTTP 503); names the engine and where, never a
     credential."""
 
