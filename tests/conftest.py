@@ -1,5 +1,6 @@
 """Shared fixtures: one real local Triton per test session (or the one named by
-DH_TEST_TRITON_URL / DH_TEST_TRITON_METRICS_URL), and clients bound to it."""
+DH_TEST_TRITON_URL / DH_TEST_TRITON_METRICS_URL), and clients bound to it; and the quick
+lane's rule (`pytest -m "not slow"`, below)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,39 @@ TRITON_VENV = REPO / ".venv-triton"
 # A third model beside the production two: the same lipsync config serving the Wav2Lip-96
 # architecture (random weights), so tests run the pipeline on both generators.
 WAV2LIP_MODEL = "lipsync_wav2lip"
+
+
+# The quick lane: tests in these places start no server and no process (pure functions,
+# in-process apps, files checked as data); every other test is `slow`.
+QUICK_PLACES = (
+    "tests/unit/",
+    "tests/storage/test_ranges.py",
+    "tests/api/test_openapi_docs.py",
+    "tests/test_model_repository.py",
+)
+# A quick place's test is still slow when it asks for one of these fixtures, directly or
+# through another fixture.
+SLOW_FIXTURES = frozenset({"triton", "killable_triton", "built_models", "served_repository"})
+# ... or when a fixture parametrized over engines starts one of these by name
+# (request.getfixturevalue): tests/unit/test_store.py runs on "sqlite" and "postgres".
+SLOW_ENGINES = frozenset({"postgres"})
+
+
+def _is_slow(item: pytest.Item) -> bool:
+    place = Path(item.path).relative_to(REPO).as_posix()
+    if not place.startswith(QUICK_PLACES):
+        return True
+    if not SLOW_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params.values() if callspec is not None else ()
+    return any(isinstance(value, str) and value in SLOW_ENGINES for value in params)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _is_slow(item):
+            item.add_marker(pytest.mark.slow)
 
 
 @dataclass(frozen=True)
