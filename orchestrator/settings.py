@@ -31,9 +31,14 @@ class Settings(BaseSettings):
         "name, e.g. a Kubernetes headless service) or a list ip:port,ip:port; requests are "
         "spread over the servers by gRPC's round_robin (orchestrator/triton_url.py)",
     )
-    triton_metrics_url: str = Field("http://127.0.0.1:8002/metrics")
-    lipsync_model: str = "lipsync"
-    detector_model: str = "face_detector"
+    triton_metrics_url: str = Field(
+        "http://127.0.0.1:8002/metrics",
+        description="Triton's Prometheus endpoint, read for GET /v1/system",
+    )
+    lipsync_model: str = Field("lipsync", description="name of the lip-sync model on Triton")
+    detector_model: str = Field(
+        "face_detector", description="name of the face detector model on Triton"
+    )
     triton_ready_timeout_s: float = Field(120.0, gt=0, description="wait for READY at start-up")
     triton_request_timeout_s: float = Field(60.0, gt=0, description="deadline of one request")
     triton_retry_deadline_s: float = Field(
@@ -42,31 +47,56 @@ class Settings(BaseSettings):
     triton_max_in_flight: int = Field(8, ge=1, description="requests in flight per client")
 
     # Pipeline
-    data_dir: Path = Path("data")
-    lipsync_batch_size: int = Field(32, ge=1, description="frames per lipsync request")
+    data_dir: Path = Field(
+        Path("data"),
+        description="prepared avatars, the SQLite job store (unless DH_DATABASE_URL), and "
+        "uploads and results (unless DH_STORAGE_URL: then scratch only)",
+    )
+    lipsync_batch_size: int = Field(
+        32, ge=1, description="frames per lipsync request, capped by the model's max_batch_size"
+    )
     # Each batch in flight holds its frames, its tensors and gRPC's copies of them
     # (~35 MB at 32 frames): this bounds a job's memory, not just its concurrency.
     lipsync_batches_in_flight: int = Field(
-        4, ge=1, description="lipsync requests one job keeps in flight"
+        4, ge=1, description="lipsync requests one job keeps in flight (bounds its memory)"
     )
     avatar_frame_codec: Literal["jpeg", "raw"] = Field(
         "jpeg",
         description="how prepared avatars keep their frames (raw: exact, ~6 MB a 1080p frame)",
     )
     avatar_jpeg_quality: int = Field(95, ge=50, le=100, description="JPEG quality of stored frames")
-    detector_batch_size: int = Field(2, ge=1, description="frames per face_detector request")
+    detector_batch_size: int = Field(
+        2,
+        ge=1,
+        description="frames per face_detector request (batching buys nothing on a CPU; small "
+        "batches let rendering start sooner)",
+    )
     detect_every: int = Field(
-        4, ge=1, description="densest detection stride: where the face moves, every k-th frame"
+        4,
+        ge=1,
+        description="densest detection stride: where the face moves (neighbouring detections "
+        "disagree), every k-th frame is detected; frames between are interpolated",
     )
     detect_max_side: int = Field(
-        256, ge=64, description="longest side of a frame as the detector sees it"
+        256,
+        ge=64,
+        description="frames are shrunk to this longest side for detection (S3FD finds a face "
+        "that fills a good part of the frame as well at 256 px, 3x faster than at 480)",
     )
-    face_score_threshold: float = Field(0.8, gt=0, lt=1)
-    face_nms_iou: float = Field(0.1, gt=0, lt=1)
+    # S3FD post-processing: the values that reproduce the reference detector's boxes.
+    face_score_threshold: float = Field(
+        0.8, gt=0, lt=1, description="S3FD score above which a box is a face"
+    )
+    face_nms_iou: float = Field(
+        0.1, gt=0, lt=1, description="S3FD non-maximum suppression: IoU above which boxes merge"
+    )
     # Avatar preparation: the adaptive detection stride (orchestrator/pipeline/keyframes.py),
     # chosen by `python -m benchmarks.avatar_prep` (docs/performance.md).
     detect_stride_max: int = Field(
-        16, ge=1, description="sparsest detection stride: while neighbouring detections agree"
+        16,
+        ge=1,
+        description="sparsest detection stride: while neighbouring detections agree, every "
+        "k-th frame (and always the first and last); equal to DH_DETECT_EVERY: a fixed stride",
     )
     detect_agree_iou: float = Field(
         0.9, gt=0, le=1, description="IoU at which two detections count as the same box"
@@ -76,20 +106,28 @@ class Settings(BaseSettings):
     detect_in_flight: int = Field(
         1, ge=1, description="face_detector requests one avatar preparation keeps in flight"
     )
-    output_fps: float | None = Field(None, gt=0, description="default: the avatar's rate")
-    video_encoder: str = Field("libx264", description="libx264 or h264_nvenc")
+    output_fps: float | None = Field(
+        None, gt=0, description="output frame rate; unset: the avatar's"
+    )
+    video_encoder: str = Field("libx264", description="libx264, or h264_nvenc where usable")
     # Encoder: libx264's settings, chosen by measurement (docs/performance.md, "Encoder";
     # `python -m benchmarks.encoder` prints the table). h264_nvenc ignores them.
     x264_preset: Literal[
         "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"
-    ] = Field("superfast", description="libx264 preset: speed against bits for one quality")
+    ] = Field(
+        "superfast",
+        description="libx264 preset: speed against bits for one quality (chosen by measurement: "
+        'docs/performance.md, "Encoder")',
+    )
     x264_crf: float = Field(
         20.0, ge=0, le=51, description="libx264 constant rate factor: lower is better, bigger"
     )
     encode_threads: int = Field(
         0, ge=0, description="libx264 threads per job; 0: libx264's own choice (1.5 per core)"
     )
-    work_threads: int = Field(4, ge=1, description="threads for decode, resize and encode")
+    work_threads: int = Field(
+        4, ge=1, description="threads per job for decode, resize, blend and encode"
+    )
     require_gpu: bool = Field(
         False, description="fail at start-up unless NVML sees a GPU (set on GPU hosts)"
     )
@@ -209,9 +247,13 @@ class Settings(BaseSettings):
     s3_region: str | None = Field(None, description="the bucket's region; unset: AWS's chain")
     # Secrets: pydantic masks them in repr and logs; unset: the standard AWS variables,
     # shared credentials file or instance role (boto3's credential chain).
-    s3_access_key_id: SecretStr | None = Field(None, description="unset: AWS's credential chain")
+    s3_access_key_id: SecretStr | None = Field(
+        None,
+        description="the store's access key; unset: boto3's chain (AWS_* variables, shared "
+        "files, instance role)",
+    )
     s3_secret_access_key: SecretStr | None = Field(
-        None, description="unset: AWS's credential chain"
+        None, description="the store's secret key; unset: boto3's chain, as for the key id"
     )
     s3_result_delivery: Literal["stream", "redirect"] = Field(
         "stream",
