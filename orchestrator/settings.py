@@ -155,9 +155,18 @@ class Settings(BaseSettings):
     )
     # uvicorn
     max_connections: int = Field(
-        256, ge=1, description="open connections and requests beyond which `dh serve` answers 503"
+        256,
+        ge=1,
+        description="requests answered at once beyond which `dh serve` answers 503 "
+        "(a connection counts while it has a request in flight; /healthz and /readyz never)",
     )
     keep_alive_s: int = Field(5, ge=1, description="how long an idle connection is kept")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a connection that has not sent a complete request head this long after "
+        "it opened (or after its last answer) is closed",
+    )
     shutdown_grace_s: int = Field(
         30, ge=1, description="on SIGTERM, how long open requests may finish before cut off"
     )

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from orchestrator.api.auth import require_api_key
+from orchestrator.api.connections import InFlightLimit
 from orchestrator.api.deps import Service
 from orchestrator.api.heygem import result_placer
 from orchestrator.api.limits_middleware import BodyLimitMiddleware, BodyLimits, upload_routes
@@ -160,6 +161,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             read_timeout_s=settings.request_body_timeout_s,
         ),
     )
+    # Outermost: a request refused for load costs no other middleware's work.
+    app.add_middleware(InFlightLimit, limit=settings.max_connections)
     return app
 
 
