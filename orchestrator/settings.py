@@ -182,7 +182,13 @@ class Settings(BaseSettings):
         "or ISO-8601 (P7D, PT12H)",
     )
     retention_sweep_s: float = Field(
-        3600.0, gt=0, description="how often expired jobs are looked for"
+        3600.0, gt=0, description="how often expired jobs and orphaned files are looked for"
+    )
+    orphan_grace_s: float = Field(
+        3600.0,
+        gt=0,
+        description="files and bucket objects that no job or avatar row owns are removed once "
+        "unchanged this long (one replica sweeps at a time)",
     )
     local_input_dir: Path | None = Field(
         None, description="the only directory server-side input paths may point into"

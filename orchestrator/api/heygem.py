@@ -156,6 +156,19 @@ def place_result(result: Path, target: Path) -> Path:
 SucceededHook = Callable[[JobRecord], Awaitable[None]]
 
 
+def result_copy(settings: Settings) -> Callable[[JobRecord], Path | None]:
+    """Where the result of a job from /easy/submit was placed in HeyGem's folder (retention
+    removes it with the job)."""
+    data_dir = settings.heygem_data_dir
+
+    def copy_of(job: JobRecord) -> Path | None:
+        if data_dir is None or job.client_code is None:
+            return None
+        return result_file(data_dir, job.client_code)
+
+    return copy_of
+
+
 def result_placer(settings: Settings, storage: Storage, pool: Executor) -> SucceededHook | None:
     """The scheduler's hook for a job that succeeded: a job that came through /easy/submit
     (it has a client code) gets its MP4 into HeyGem's folder. None when no folder is set."""
