@@ -100,6 +100,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from orchestrator.api.app import create_app
+    from orchestrator.api.connections import bounded_protocol
     from orchestrator.logs import configure_logging
 
     # First, before anything starts: an open port with no key is anyone's GPU.
@@ -124,7 +125,9 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_config=None,  # uvicorn's loggers go through the handler configured above
         timeout_keep_alive=settings.keep_alive_s,
-        limit_concurrency=settings.max_connections,
+        # Silent connections are closed at the head deadline; the concurrency bound counts
+        # requests being answered (InFlightLimit), not connections (orchestrator.api.connections).
+        http=bounded_protocol(settings.header_timeout_s, MAX_HEADER_BYTES),
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )

@@ -8,6 +8,8 @@ from pathlib import PurePath
 # An absolute path in a message: a '/' not preceded by a word character, ':' or '/', so
 # the '//' of a URL and a ratio like '3/4' are left alone.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/[^\s'\"(),;]+")
+# How much of a file's name a message shows.
+NAME_CHARS = 80
 
 
 class PipelineError(Exception):
@@ -97,10 +99,15 @@ def describe(error: BaseException) -> str:
     """A one-line account of an untyped error that names files, never server paths: an
     OSError's file by its name, absolute paths in other messages by their last part."""
     if isinstance(error, OSError) and error.strerror:
-        name = PurePath(str(error.filename)).name if error.filename else ""
+        name = _short(PurePath(str(error.filename)).name) if error.filename else ""
         return f"{error.strerror} ({name})" if name else error.strerror
     text = _ABSOLUTE_PATH.sub(lambda m: PurePath(m.group(0)).name or "/", str(error))
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _short(name: str) -> str:
+    """A file name as a message shows it: a client's over-long name is cut short."""
+    return name if len(name) <= NAME_CHARS else f"{name[:NAME_CHARS]}…"
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

@@ -24,7 +24,16 @@ JOB_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
 STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1200)
 # One Triton request: milliseconds on a GPU, up to seconds on the CPU test server.
 TRITON_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-CLEANUP_KINDS = ("job", "result", "partial_avatar", "orphan")
+CLEANUP_KINDS = (
+    "job",
+    "result",
+    "partial_avatar",
+    "orphan",
+    "orphan_job",
+    "orphan_avatar_source",
+    "orphan_avatar",
+    "result_copy",
+)
 
 
 class ServiceMetrics:
@@ -60,8 +69,10 @@ class ServiceMetrics:
         self.cleaned = Counter(
             "dh_cleanup_removed",
             "What start-up cleanup and retention removed: job (expired rows), result (their "
-            "result files), partial_avatar (interrupted preparations), orphan (job and avatar "
-            "folders with no row)",
+            "result files), result_copy (HeyGem's copies of them), partial_avatar (interrupted "
+            "preparations), orphan (folders with no row, at start-up), orphan_job, "
+            "orphan_avatar_source and orphan_avatar (files and objects that no row owned for "
+            "DH_ORPHAN_GRACE_S)",
             ["kind"],
             registry=r,
         )

@@ -193,9 +193,18 @@ class Settings(BaseSettings):
     )
     # uvicorn
     max_connections: int = Field(
-        256, ge=1, description="open connections and requests beyond which `dh serve` answers 503"
+        256,
+        ge=1,
+        description="requests answered at once beyond which `dh serve` answers 503 "
+        "(a connection counts while it has a request in flight; /healthz and /readyz never)",
     )
     keep_alive_s: int = Field(5, ge=1, description="how long an idle connection is kept")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a connection that has not sent a complete request head this long after "
+        "it opened (or after its last answer) is closed",
+    )
     shutdown_grace_s: int = Field(
         30, ge=1, description="on SIGTERM, how long open requests may finish before cut off"
     )
@@ -211,7 +220,13 @@ class Settings(BaseSettings):
         "or ISO-8601 (P7D, PT12H)",
     )
     retention_sweep_s: float = Field(
-        3600.0, gt=0, description="how often expired jobs are looked for"
+        3600.0, gt=0, description="how often expired jobs and orphaned files are looked for"
+    )
+    orphan_grace_s: float = Field(
+        3600.0,
+        gt=0,
+        description="files and bucket objects that no job or avatar row owns are removed once "
+        "unchanged this long (one replica sweeps at a time)",
     )
     local_input_dir: Path | None = Field(
         None, description="the only directory server-side input paths may point into"

@@ -22,8 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from orchestrator.api.auth import require_api_key
+from orchestrator.api.connections import InFlightLimit
 from orchestrator.api.deps import Service
-from orchestrator.api.heygem import result_placer
+from orchestrator.api.heygem import result_copy, result_placer
 from orchestrator.api.limits_middleware import BodyLimitMiddleware, BodyLimits, upload_routes
 from orchestrator.api.routes import avatars, easy, health, jobs, metrics
 from orchestrator.api.schemas import ErrorBody, ErrorDetail, error_responses
@@ -107,7 +108,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             gate,
             on_succeeded=result_placer(settings, storage, io_pool),  # HeyGem's result file
         )
-        retention = Retention(settings, store, storage, service_metrics)
+        retention = Retention(
+            settings, store, storage, service_metrics, result_copy=result_copy(settings)
+        )
         await retention.clean_leftovers()  # before anything prepares avatars or runs jobs
         retention.start()
         stack.push_async_callback(retention.stop)
@@ -160,6 +163,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             read_timeout_s=settings.request_body_timeout_s,
         ),
     )
+    # Outermost: a request refused for load costs no other middleware's work.
+    app.add_middleware(InFlightLimit, limit=settings.max_connections)
     return app
 
 

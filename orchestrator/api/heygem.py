@@ -23,12 +23,14 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from orchestrator.errors import BadInput, PipelineError
+from orchestrator.errors import BadInput, PipelineError, describe
 from orchestrator.jobs.store import JobRecord
 from orchestrator.settings import Settings
 from orchestrator.storage import Storage
 
 STAGE = "fetch"
+# How much of a client's over-long reference a message repeats.
+SHOWN_CHARS = 200
 RESULT_STAGE = "result"
 # Where HeyGem's containers see the data folder (its docker-compose volumes).
 CONTAINER_ROOT = PurePosixPath("/code/data")
@@ -70,7 +72,7 @@ def resolve_input(reference: str, what: str, roots: list[InputRoot]) -> Path:
     if not roots:
         raise BadInput(
             STAGE,
-            f"{what}: '{reference}' is not a URL, and server-side paths are not accepted "
+            f"{what}: '{_shown(reference)}' is not a URL, and server-side paths are not accepted "
             "here (neither DH_LOCAL_INPUT_DIR nor DH_HEYGEM_DATA_DIR is set)",
         )
     if "\x00" in reference:
@@ -86,13 +88,21 @@ def resolve_input(reference: str, what: str, roots: list[InputRoot]) -> Path:
             if source.is_file():
                 return source
         except (OSError, ValueError, RuntimeError) as exc:  # too long, a symlink loop…
-            raise BadInput(STAGE, f"{what}: '{reference}' is not a usable path ({exc})") from None
+            raise BadInput(
+                STAGE, f"{what}: '{_shown(reference)}' is not a usable path ({describe(exc)})"
+            ) from None
     if not inside_some_root:
         folders = ", ".join(r.setting for r in roots)
         raise BadInput(
-            STAGE, f"{what}: '{reference}' is outside the allowed input directory ({folders})"
+            STAGE,
+            f"{what}: '{_shown(reference)}' is outside the allowed input directory ({folders})",
         )
-    raise BadInput(STAGE, f"{what}: no such file '{reference}' in the input directory")
+    raise BadInput(STAGE, f"{what}: no such file '{_shown(reference)}' in the input directory")
+
+
+def _shown(reference: str) -> str:
+    """The client's own reference, cut short enough to read in a message."""
+    return reference if len(reference) <= SHOWN_CHARS else f"{reference[:SHOWN_CHARS]}…"
 
 
 def _candidate(reference: str, allowed: InputRoot) -> Path:
@@ -144,6 +154,19 @@ def place_result(result: Path, target: Path) -> Path:
 
 
 SucceededHook = Callable[[JobRecord], Awaitable[None]]
+
+
+def result_copy(settings: Settings) -> Callable[[JobRecord], Path | None]:
+    """Where the result of a job from /easy/submit was placed in HeyGem's folder (retention
+    removes it with the job)."""
+    data_dir = settings.heygem_data_dir
+
+    def copy_of(job: JobRecord) -> Path | None:
+        if data_dir is None or job.client_code is None:
+            return None
+        return result_file(data_dir, job.client_code)
+
+    return copy_of
 
 
 def result_placer(settings: Settings, storage: Storage, pool: Executor) -> SucceededHook | None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from orchestrator.errors import DependencyUnavailable
 
@@ -53,6 +53,18 @@ class JobFiles:
     result: Path
 
 
+LeftoverKind = Literal["job", "avatar-source", "avatar"]
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Files kept for a job, an avatar's source or a prepared avatar, named by the id of the
+    row that should own them; the orphan sweep asks the store whether one does."""
+
+    kind: LeftoverKind
+    id: str
+
+
 class Storage(Protocol):
     # Local paths: staging of uploads, a job's folder, the pipeline's avatar cache. With
     # object storage they are scratch, and `adopt` names where a file is kept.
@@ -70,6 +82,11 @@ class Storage(Protocol):
     async def job_ids(self) -> list[str]: ...
     async def avatar_source_ids(self) -> list[str]: ...
     async def remove_partial_avatars(self) -> list[str]: ...
+    async def remove_avatar_source(self, avatar_id: str) -> None: ...
+    async def leftovers(self, unchanged_since: float) -> list[Leftover]:
+        """What is kept (folders, or bucket objects grouped by id) and has not changed since
+        `unchanged_since` (epoch seconds)."""
+        ...
 
     # Around rendering and preparation: files brought to local disk and kept afterwards.
     def job_files(self, job: JobRecord) -> AbstractAsyncContextManager[JobFiles]:

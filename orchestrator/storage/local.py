@@ -18,7 +18,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from orchestrator.storage.base import PARTIAL_AVATAR_SUFFIX, RESULT_NAME, JobFiles
+from orchestrator.storage.base import (
+    PARTIAL_AVATAR_SUFFIX,
+    RESULT_NAME,
+    JobFiles,
+    Leftover,
+    LeftoverKind,
+)
 
 if TYPE_CHECKING:
     from orchestrator.jobs.store import JobRecord
@@ -82,6 +88,32 @@ class LocalStorage:
 
     async def remove_avatar_cache(self, avatar_id: str) -> None:
         await self.in_pool(remove_path, self.avatar_cache_dir(avatar_id))
+
+    async def remove_avatar_source(self, avatar_id: str) -> None:
+        await self.in_pool(remove_path, self.avatar_source_dir(avatar_id))
+
+    async def leftovers(self, unchanged_since: float) -> list[Leftover]:
+        def scan() -> list[Leftover]:
+            found: list[Leftover] = []
+            folders: dict[LeftoverKind, Path] = {
+                "job": self.root / "jobs",
+                "avatar-source": self.root / "avatar-sources",
+                "avatar": self.avatar_cache_dir("x").parent,
+            }
+            for kind, folder in folders.items():
+                for name in _folders(folder) if folder.is_dir() else []:
+                    # A dot-name is a scratch folder (an avatar being prepared): not a row's.
+                    if name.startswith("."):
+                        continue
+                    try:
+                        changed = (folder / name).stat().st_mtime
+                    except FileNotFoundError:  # removed meanwhile by its owner
+                        continue
+                    if changed < unchanged_since:
+                        found.append(Leftover(kind, name))
+            return found
+
+        return await self.in_pool(scan)
 
     async def remove_avatar(self, avatar_id: str) -> None:
         await self.in_pool(remove_path, self.avatar_source_dir(avatar_id))

@@ -220,6 +220,20 @@ class Bucket:
 
         return await self._run(f"listing {prefix}", listing)
 
+    async def list_changed(self, prefix: str) -> list[tuple[str, float]]:
+        """(key, last modified in epoch seconds) of every object under `prefix`."""
+
+        def listing() -> list[tuple[str, float]]:
+            found: list[tuple[str, float]] = []
+            pages = self._client.get_paginator("list_objects_v2")
+            for page in pages.paginate(Bucket=self.location.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    if "Key" in item and "LastModified" in item:
+                        found.append((item["Key"], item["LastModified"].timestamp()))
+            return found
+
+        return await self._run(f"listing {prefix}", listing)
+
     async def delete_keys(self, keys: Iterable[str]) -> None:
         def delete(batch: list[str]) -> None:
             self._client.delete_objects(

@@ -39,6 +39,8 @@ from orchestrator.storage.base import (
     RESULT_NAME,
     STAGE,
     JobFiles,
+    Leftover,
+    LeftoverKind,
     StorageUnavailable,
 )
 from orchestrator.storage.local import LocalStorage, remove_path
@@ -159,6 +161,35 @@ class S3Storage:
             self.bucket.delete_prefix(self.avatar_source_key(avatar_id) + "/"),
         )
         await self.remove_avatar_cache(avatar_id)
+
+    async def remove_avatar_source(self, avatar_id: str) -> None:
+        await self.local.discard(self.avatar_source_dir(avatar_id))
+        await self._best_effort(
+            f"avatar source {avatar_id}",
+            self.bucket.delete_prefix(self.avatar_source_key(avatar_id) + "/"),
+        )
+
+    async def leftovers(self, unchanged_since: float) -> list[Leftover]:
+        """Local scratch and the bucket's objects, grouped by the id their key names; an id
+        counts only when none of its objects changed since `unchanged_since`."""
+        found = set(await self.local.leftovers(unchanged_since))
+        prefixes: dict[LeftoverKind, str] = {
+            "job": self.job_key("") + "/",
+            "avatar-source": self.avatar_source_key("") + "/",
+            "avatar": self.avatar_key("") + "/",
+        }
+        for kind, prefix in prefixes.items():
+            newest: dict[str, float] = {}
+            for key, changed in await self.bucket.list_changed(prefix):
+                owner = key[len(prefix) :].split("/", 1)[0]
+                if owner and not owner.startswith("."):
+                    newest[owner] = max(changed, newest.get(owner, 0.0))
+            found.update(
+                Leftover(kind, owner)
+                for owner, changed in newest.items()
+                if changed < unchanged_since
+            )
+        return sorted(found, key=lambda leftover: (leftover.kind, leftover.id))
 
     async def job_ids(self) -> list[str]:
         # Local scratch only (empty after the start-up clean). Listing the bucket would race

@@ -158,3 +158,36 @@ def test_a_full_backlog_is_http_200_busy_with_retry_after(
     assert refused.json()["code"] == BUSY and refused.json()["success"] is False
     assert "backlog is full" in refused.json()["msg"]
     assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_unusable_paths_are_bad_parameters_that_name_no_server_path(
+    client: httpx.Client, api: ApiServer, api_media: Path, avatar_video: Path
+) -> None:
+    loop = api_media / "loop_link.wav"
+    if not loop.is_symlink():
+        loop.symlink_to(loop.name)  # a link to itself: resolving it never ends
+    refusals = {
+        "symlink loop": _submit(client, loop.name, avatar_video.name, "loop"),
+        "over-long name": _submit(client, "x" * 5000 + ".wav", avatar_video.name, "long"),
+    }
+    for case, reply in refusals.items():
+        assert reply.status_code == 200, (case, reply.text)
+        body = reply.json()
+        assert body["code"] == BAD_PARAM, (case, body)
+        assert str(api_media) not in body["msg"] and str(api.data_dir) not in body["msg"], case
+        assert len(body["msg"]) < 1000, (case, len(body["msg"]))
+
+
+def test_codes_that_cannot_name_a_task_are_bad_parameters(
+    client: httpx.Client, speech: Path, avatar_video: Path
+) -> None:
+    fields = f'"audio_url": "{speech.name}", "video_url": "{avatar_video.name}"'
+    body = ("{" + fields + ', "code": ' + "7" * 5000 + "}").encode()
+    huge = client.post("/easy/submit", content=body, headers={"content-type": "application/json"})
+    for reply in (
+        huge,
+        _submit(client, speech.name, avatar_video.name, "x" * 129),
+        _submit(client, speech.name, avatar_video.name, "../escape"),
+    ):
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["code"] == BAD_PARAM, reply.json()

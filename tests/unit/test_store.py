@@ -334,3 +334,18 @@ async def _schema_versions(store: JobStore) -> list[tuple[int, float]]:
         assert isinstance(store, PostgresStore)
         rows = await store._sql("SELECT version, applied_at FROM schema_version ORDER BY version")
     return [(int(version), float(at)) for version, at in rows]
+
+
+async def test_an_exclusive_lock_has_one_holder_across_replicas(open_store: Opener) -> None:
+    first, second = await open_store(), await open_store()
+    try:
+        async with first.exclusive("sweep") as first_holds:
+            async with second.exclusive("sweep") as second_holds:
+                assert (first_holds, second_holds) == (True, False)
+            async with second.exclusive("another") as other_lock:
+                assert other_lock
+        async with second.exclusive("sweep") as after_release:
+            assert after_release
+    finally:
+        await first.close()
+        await second.close()

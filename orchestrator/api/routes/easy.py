@@ -204,8 +204,8 @@ router = APIRouter(prefix="/easy", tags=["heygem"], route_class=HeyGemRoute)
 async def submit(request: Request, service: ServiceDep) -> JSONResponse:
     wanted = _submit_request(await _json_body(request))
     code = str(wanted.code or uuid.uuid4())
-    if service.settings.heygem_data_dir is not None:
-        check_code(code)  # it names the result file in HeyGem's folder
+    # It names the result file in HeyGem's folder, and is echoed in every answer.
+    check_code(code)
     if await service.store.job_by_code(code) is not None:
         raise Conflict("request", f"a task with code '{code}' exists already")
     job = await _submit(service, code, wanted)
@@ -226,6 +226,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
         body = json.loads(bytes(raw) or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInput("request", f"the body is not JSON ({exc})") from None
+    except ValueError:  # an integer of more digits than Python converts (4300)
+        raise BadInput("request", "the body holds a number too long to read") from None
     except RecursionError:
         raise BadInput("request", "the JSON body is nested too deeply") from None
     if not isinstance(body, dict):

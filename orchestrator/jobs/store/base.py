@@ -12,6 +12,7 @@ replica's sweeper re-queues it (orchestrator.jobs.leases). Events ("queued", "ca
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from orchestrator.errors import Conflict, DependencyUnavailable
@@ -100,6 +101,12 @@ class JobStore(Protocol):
 
     async def problems(self) -> list[str]:
         """Why the store cannot serve now; empty when it can."""
+        ...
+
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """Whether this replica holds the cluster-wide lock `name` for the block (never
+        waits: False when another holds it). For work one replica at a time does, such as
+        sweeping orphans."""
         ...
 
     async def close(self) -> None: ...

@@ -13,6 +13,7 @@ StoreUnavailable, naming the host, port and database and never the password.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -155,6 +156,17 @@ class PostgresStore:
         except StoreUnavailable as exc:
             return [exc.message]
         return []
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        # A transaction-level advisory lock: released when the block's transaction ends,
+        # also when this replica dies (its connection goes with it).
+        async with self._connection() as connection, connection.transaction():
+            cursor = await connection.execute(
+                "SELECT pg_try_advisory_xact_lock(%s)", (_lock_key(name),)
+            )
+            row = await cursor.fetchone()
+            yield bool(row and row[0])
 
     # jobs
 
@@ -389,3 +401,8 @@ class PostgresStore:
 
     async def delete_avatar(self, avatar_id: str) -> None:
         await self._sql("DELETE FROM avatars WHERE id=%s", (avatar_id,))
+
+
+def _lock_key(name: str) -> int:
+    """A stable 63-bit advisory lock key for `name` (PostgreSQL's keys are bigint)."""
+    return int.from_bytes(hashlib.sha256(f"dh:{name}".encode()).digest()[:8], "big") >> 1

@@ -1,0 +1,185 @@
+"""What a connection may cost before it has asked for anything.
+
+uvicorn closes a keep-alive connection that stays quiet after an answer, but a connection
+that never completes a request head is never closed, and its `limit_concurrency` counts
+such connections: a few hundred silent sockets answered every request 503, `/healthz`
+included. Two rules replace it:
+
+- `bounded_protocol`: uvicorn's h11 protocol with a deadline for the request head
+  (from the connection's start, and again after each answer on a kept-alive connection)
+  and a bound on the head's size, answered `431` as RFC 6585 says, instead of h11's
+  buffer rule, which only looks at a head that arrived incomplete.
+- `InFlightLimit`: the concurrency bound counts requests being answered, not connections,
+  so silent connections cost a file descriptor each until their deadline, and nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import h11
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+# The end of a request head (RFC 9112 section 2.1).
+_HEAD_END = b"\r\n\r\n"
+_TOO_LARGE = 431  # Request Header Fields Too Large (RFC 6585 section 5)
+
+
+def bounded_protocol(head_timeout_s: float, max_head_bytes: int) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing a connection whose request head is not complete
+    within `head_timeout_s` and answering 431 to a head over `max_head_bytes`."""
+
+    class BoundedH11Protocol(_BoundedHead):
+        HEAD_TIMEOUT_S = head_timeout_s
+        MAX_HEAD_BYTES = max_head_bytes
+
+    return BoundedH11Protocol
+
+
+class _BoundedHead(H11Protocol):
+    HEAD_TIMEOUT_S = 10.0
+    MAX_HEAD_BYTES = 16 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head = bytearray()  # what arrived of the awaited head (at most the bound)
+        self._awaiting_head = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._awaiting_head:
+            if self._head_too_large(data):
+                self._answer_too_large()
+                return
+            cycle = self.cycle
+            super().data_received(data)
+            # A request head was read (its answer is under way), or the connection became
+            # a WebSocket, which has its own protocol and keep-alive from now on.
+            if self.cycle is not cycle or self.transport.get_protocol() is not self:
+                self._head_arrived()
+            return
+        super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()
+        # Kept alive and no pipelined request started: the next head has a deadline too.
+        if self.cycle is cycle and not self.transport.is_closing():
+            self._await_head()
+
+    def _await_head(self) -> None:
+        self._stop_head_timer()
+        self._head.clear()
+        self._awaiting_head = True
+        self._head_timer = self.loop.call_later(self.HEAD_TIMEOUT_S, self._head_timed_out)
+
+    def _head_arrived(self) -> None:
+        self._stop_head_timer()
+        self._head.clear()
+        self._awaiting_head = False
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Whether the head now exceeds the bound; the bytes kept are bounded too."""
+        room = self.MAX_HEAD_BYTES + len(_HEAD_END) - len(self._head)
+        self._head += data[: max(room, 0)]
+        end = self._head.find(_HEAD_END)
+        if end >= 0:
+            return end + len(_HEAD_END) > self.MAX_HEAD_BYTES
+        return len(self._head) > self.MAX_HEAD_BYTES
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._awaiting_head and not self.transport.is_closing():
+            # Nothing was asked, so nothing is answered: the connection is closed.
+            self.transport.close()
+
+    def _answer_too_large(self) -> None:
+        self._stop_head_timer()
+        self._awaiting_head = False
+        body = json.dumps(
+            {
+                "error": {
+                    "stage": "request",
+                    "message": f"the request head is over {self.MAX_HEAD_BYTES} bytes "
+                    "(request line and headers)",
+                    "retryable": False,
+                }
+            }
+        ).encode()
+        # Written by hand: h11 may not have parsed anything of the head yet, so its state
+        # machine cannot send a response now.
+        head = (
+            f"HTTP/1.1 {_TOO_LARGE} Request Header Fields Too Large\r\n"
+            "content-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n"
+        ).encode()
+        self.transport.write(head + body)
+        self.transport.close()
+        self.conn = h11.Connection(h11.SERVER)  # discards what was buffered of the head
+
+
+class InFlightLimit:
+    """Answers 503 (with Retry-After) to a request that arrives while `limit` requests are
+    being answered; probes of health are always answered."""
+
+    RETRY_AFTER_S = 1
+    ALWAYS = frozenset({"/healthz", "/readyz"})
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.ALWAYS:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            await _busy(send, self.limit, self.RETRY_AFTER_S)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+async def _busy(send: Send, limit: int, retry_after_s: int) -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "stage": "server",
+                "message": f"the server is answering {limit} requests already; try again",
+                "retryable": True,
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(retry_after_s).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
