@@ -281,6 +281,13 @@ class Settings(BaseSettings):
     s3_timeout_s: float = Field(
         10.0, gt=0, description="connect and read timeout of one S3 request"
     )
+    s3_retry_deadline_s: float = Field(
+        60.0,
+        ge=0,
+        description="an S3 call that meets an outage is tried again, with backoff, for this "
+        "long from its first failure (uploads, avatar fetches, results); an outage shorter than "
+        "this fails no job",
+    )
 
     # Fleet: job store and leases (orchestrator/jobs/store, orchestrator/jobs/leases.py).
     database_url: SecretStr | None = Field(

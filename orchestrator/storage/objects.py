@@ -38,6 +38,9 @@ T = TypeVar("T")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # DeleteObjects takes at most this many keys per request (S3 API reference).
 DELETE_BATCH = 1000
+# Backoff of a call retried through an outage (botocore's own 3 attempts come first).
+RETRY_FIRST_PAUSE_S = 0.25
+RETRY_MAX_PAUSE_S = 4.0
 # The readiness probe must answer quickly whatever the store does: one try, short timeouts.
 PROBE_TIMEOUT_S = 2.0
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -136,10 +139,11 @@ class Bucket:
         )
         # Called with the message of every outage met, so the owner can stop work.
         self.on_unavailable: Callable[[str], None] = lambda _: None
+        self.retry_deadline_s = settings.s3_retry_deadline_s
 
     async def probe(self) -> None:
         """HeadBucket: StorageUnavailable (saying why) unless the bucket answers."""
-        await self._run("checking the bucket", self._head_bucket)
+        await self._run("checking the bucket", self._head_bucket, retry=False)
 
     def _head_bucket(self) -> None:
         try:
@@ -289,7 +293,13 @@ class Bucket:
         self._client.close()
         self._probe_client.close()
 
-    async def _run(self, what: str, fn: Callable[..., T], *args: object, **kwargs: Any) -> T:
+    async def _run(
+        self, what: str, fn: Callable[..., T], *args: object, retry: bool = True, **kwargs: Any
+    ) -> T:
+        """`fn(*args, **kwargs)` in the pool, its failures as the project's errors; through an
+        outage it is tried again until DH_S3_RETRY_DEADLINE_S has passed (unless `retry` is
+        False: a probe answers at once)."""
+
         def call() -> T:
             try:
                 return fn(*args, **kwargs)
@@ -303,11 +313,22 @@ class Bucket:
                 # describe(): an upload's error names the local file; only its name shows.
                 raise self._unavailable(what, describe(exc)) from None
 
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
-        except StorageUnavailable as exc:
-            self.on_unavailable(exc.message)
-            raise
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        pause = RETRY_FIRST_PAUSE_S
+        while True:
+            try:
+                return await loop.run_in_executor(self._pool, call)
+            except StorageUnavailable as exc:
+                # Told at once (no new work starts meanwhile); this call keeps trying.
+                self.on_unavailable(exc.message)
+                now = loop.time()
+                deadline = now + self.retry_deadline_s if deadline is None else deadline
+                if not retry or now + pause > deadline:
+                    raise
+            # A backoff between attempts at a store that is away, not a wait for state.
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX_PAUSE_S)
 
     def _unavailable(self, what: str, reason: str) -> StorageUnavailable:
         return StorageUnavailable(STAGE, f"{self.location}: {what} failed: {reason}")

@@ -3,7 +3,11 @@ avatar's completion marker, and failures that name the bucket and never the keys
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +24,8 @@ from tests.s3server import S3Server, s3_server
 __all__ = ["s3_server"]  # the session fixture, used by the tests below
 PREFIX = "fleet/a"
 AVATAR_ID = "0123456789abcdef0123456789abcdef"
+# How long the test freezes the S3 server: several attempts' timeouts, well under the deadline.
+OUTAGE_S = 4.0
 CACHE_FILES = {"frames.bin": b"f" * 3000, "frames.idx.npy": b"i" * 80, "boxes.npy": b"b" * 64}
 
 
@@ -243,3 +249,63 @@ async def test_a_wrong_secret_is_refused_at_start_without_showing_it(
     assert "access denied" in str(caught.value)
     assert bucket in str(caught.value)
     assert "not-the-secret" not in str(caught.value)
+
+
+@pytest.fixture
+def frozen_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3 server of this test's own, which the test freezes (SIGSTOP) and thaws."""
+    server = S3Server(tmp_path_factory.mktemp("s3-frozen")).start()
+    yield server
+    os.kill(server.pid, signal.SIGCONT)  # never leave it stopped, whatever happened
+    server.stop()
+
+
+async def test_an_outage_shorter_than_the_retry_deadline_fails_nothing(
+    frozen_s3: S3Server, tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    settings = _settings(
+        frozen_s3, frozen_s3.make_bucket(), tmp_path, s3_timeout_s=1.0, s3_retry_deadline_s=30.0
+    )
+    storage = await _open(settings, pool)
+    try:
+        os.kill(frozen_s3.pid, signal.SIGSTOP)
+        thaw = asyncio.get_running_loop().call_later(
+            OUTAGE_S, os.kill, frozen_s3.pid, signal.SIGCONT
+        )
+        start = time.monotonic()
+        job = await _submitted_job(storage)  # two uploads, through the outage
+        thaw.cancel()
+        assert time.monotonic() - start >= OUTAGE_S - 0.5
+        assert frozen_s3.keys(settings.storage_url.split("/")[2]) == [
+            f"{PREFIX}/jobs/job1/audio.wav",
+            f"{PREFIX}/jobs/job1/video.mp4",
+        ]
+        assert job.id == "job1"
+    finally:
+        await storage.close()
+
+
+async def test_an_outage_longer_than_the_deadline_fails_soon_after_it(
+    frozen_s3: S3Server, tmp_path: Path, pool: ThreadPoolExecutor
+) -> None:
+    deadline_s = 3.0
+    settings = _settings(
+        frozen_s3,
+        frozen_s3.make_bucket(),
+        tmp_path,
+        s3_timeout_s=1.0,
+        s3_retry_deadline_s=deadline_s,
+    )
+    storage = await _open(settings, pool)
+    try:
+        os.kill(frozen_s3.pid, signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            await _submitted_job(storage)
+        waited = time.monotonic() - start
+        # Tried for the deadline, then given up after the attempt under way (botocore's own
+        # retries of a transfer, each bounded by the 1 s timeouts): never an endless wait.
+        assert deadline_s - 0.5 <= waited <= deadline_s + 30
+    finally:
+        os.kill(frozen_s3.pid, signal.SIGCONT)
+        await storage.close()
