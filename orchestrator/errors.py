@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from pathlib import PurePath
 
@@ -79,6 +80,17 @@ class ContractMismatch(InferenceError):
     """A model's tensors are not what the pipeline needs; a start-up error."""
 
 
+class DiskFull(DependencyUnavailable):
+    """The local disk (the data directory) has no room for a file: the work waits or fails
+    with this reason, and a submission is answered 507 until space is freed."""
+
+    http_status = 507
+
+
+# What the operating system says when a write finds no room (full, or over a quota).
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def unwrap(error: BaseException, stage: str) -> PipelineError:
     """The error to report for a failure: the first PipelineError inside an exception group
     (the root cause; the others are usually its consequences, such as a queue's consumer
@@ -92,6 +104,8 @@ def unwrap(error: BaseException, stage: str) -> PipelineError:
         error = leaves[0] if leaves else error
     if isinstance(error, PipelineError):
         return error
+    if isinstance(error, OSError) and error.errno in _NO_ROOM:
+        return DiskFull(stage, f"disk full: {describe(error)}")
     return PipelineError(stage, describe(error))
 
 

@@ -33,6 +33,7 @@ from orchestrator.errors import (
     PipelineError,
     Unauthorized,
     describe,
+    unwrap,
 )
 from orchestrator.jobs.admission import Admission
 from orchestrator.jobs.avatars import Avatars
@@ -219,6 +220,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     # Last resort: a bug, never an answer to bad input (tests/api/test_fuzz.py checks that
     # no drawn input gets here). The message names no server paths.
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, error: Exception) -> JSONResponse:
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        typed = unwrap(error, "server")
+        if type(typed) is not PipelineError:  # a condition with a meaning (a full disk)
+            return await pipeline_error(request, typed)
         log.exception("unhandled error")
         return error_response(500, "server", describe(error))

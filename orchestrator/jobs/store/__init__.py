@@ -14,6 +14,7 @@ from orchestrator.jobs.store.base import (
     QUEUED_EVENT,
     DuplicateCode,
     JobStore,
+    StoreFull,
     StoreUnavailable,
 )
 from orchestrator.jobs.store.records import (
@@ -61,6 +62,7 @@ __all__ = [
     "JobRecord",
     "JobStore",
     "SqliteStore",
+    "StoreFull",
     "StoreUnavailable",
     "open_store",
 ]

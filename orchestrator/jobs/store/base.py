@@ -32,6 +32,12 @@ class StoreUnavailable(DependencyUnavailable):
     credential."""
 
 
+class StoreFull(StoreUnavailable):
+    """The store's disk is full: nothing can be written until space is freed (HTTP 507)."""
+
+    http_status = 507
+
+
 class JobStore(Protocol):
     async def add_job(self, job: JobRecord) -> JobRecord: ...
     async def admit_job(self, job: JobRecord, max_backlog: int) -> Admission:

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orchestrator.jobs.store.base import DuplicateCode
+from orchestrator.jobs.store.base import STAGE, DuplicateCode, StoreFull, StoreUnavailable
 from orchestrator.jobs.store.migrations import SCHEMA_VERSION_TABLE, SQLITE, pending
 from orchestrator.jobs.store.records import (
     ACTIVE_STATES,
@@ -119,7 +119,13 @@ class SqliteStore:
             os.close(fd)  # releases the lock with the descriptor
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        except sqlite3.OperationalError as exc:
+            # SQLite's own words; the layers above see the project's errors.
+            if "full" in str(exc):
+                raise StoreFull(STAGE, f"disk full: {self.where} cannot write ({exc})") from None
+            raise StoreUnavailable(STAGE, f"{self.where}: {exc}") from None
 
     def _sql(self, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         assert self._db is not None, "SqliteStore.open() has not run"
