@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     triton_metrics_url: str = Field("http://127.0.0.1:8002/metrics")
     lipsync_model: str = "lipsync"
     detector_model: str = "face_detector"
+    face_restore_model: str = Field(
+        "face_restore", description="optional: jobs may ask for it (restore_face, chaofen)"
+    )
     triton_ready_timeout_s: float = Field(120.0, gt=0, description="wait for READY at start-up")
     triton_request_timeout_s: float = Field(60.0, gt=0, description="deadline of one request")
     triton_retry_deadline_s: float = Field(
