@@ -86,8 +86,7 @@ async def load_served_models(
     if not await client.model_served(settings.face_restore_model):
         return replace(
             served,
-            restore_unavailable="face restoration is unavailable: Triton serves no "
-            f"'{settings.face_restore_model}' model",
+            restore_unavailable=f"Triton serves no '{settings.face_restore_model}' model",
         )
     restorer = await client.model_spec(settings.face_restore_model)
     return replace(served, face_restore=restorer, restore_size=check_face_restore(restorer))
