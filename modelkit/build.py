@@ -4,6 +4,7 @@
     python -m modelkit.build --lipsync grey-box    # the old analytic test model
     python -m modelkit.build --lipsync wav2lip-random
     python -m modelkit.build --lipsync checkpoint --wav2lip-checkpoint wav2lip.pth
+    python -m modelkit.build --face-restore unsharp  # adds the analytic face restorer
 
 An artefact's stamp is a hash of the code that makes it, the files it reads and its
 parameters; a rebuild happens only when that hash changes or the output is gone.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import onnx
 
-from modelkit import reference, talking
+from modelkit import reference, restore_analytic, talking
 from modelkit.errors import ModelBuildError
 from modelkit.repository import (
     ONNX_NAME,
@@ -42,6 +43,17 @@ LIPSYNC_SOURCES = ("reference", "grey-box", "wav2lip-random", "checkpoint")
 WAV2LIP_SEED = 0
 # Wav2Lip-96 is trained on 96-pixel crops; the converter refuses other configs.
 WAV2LIP_FACE_SIZE = 96
+# Optional face restorers (model_repository/face_restore): "unsharp" is analytic.
+FACE_RESTORE_SOURCES = ("unsharp",)
+# The lipsync config's "composite" parameter per source (orchestrator/pipeline/composite.py):
+# the analytic models change the reference crop exactly, so only the change is blended; a
+# generator redraws the lower face, which replaces the avatar's.
+COMPOSITE_MODES = {
+    "reference": "delta",
+    "grey-box": "delta",
+    "wav2lip-random": "replace",
+    "checkpoint": "replace",
+}
 
 
 @dataclass
@@ -153,17 +165,47 @@ def detector_artifact(repository: Path, downloads: Path) -> Artifact:
     )
 
 
+def face_restore_artifact(repository: Path, source: str) -> Artifact:
+    """The restorer's model.onnx; its config.pbtxt is written with it (not committed: the
+    model is optional, and its size depends on the source)."""
+    if source != "unsharp":
+        known = ", ".join(FACE_RESTORE_SOURCES)
+        raise ModelBuildError(f"unknown face-restore source '{source}'; one of {known}")
+    model_dir = repository / restore_analytic.MODEL_NAME
+    write_config(restore_analytic.face_restore_config(), model_dir)
+    return Artifact(
+        name="face_restore-unsharp",
+        out=onnx_path(repository, restore_analytic.MODEL_NAME),
+        make=restore_analytic.export_unsharp,
+        code=[restore_analytic],
+    )
+
+
 def build_repository(
     repository: Path,
     *,
     lipsync: str = "reference",
     checkpoint: Path | None = None,
+    face_restore: str | None = None,
     work: Path = Path("build"),
     log: Callable[[str], None] = print,
 ) -> None:
     stamps = work / "stamps"
     build(lipsync_artifact(repository, lipsync, checkpoint), stamps, log=log)
+    set_composite_mode(repository / "lipsync", COMPOSITE_MODES[lipsync])
     build(detector_artifact(repository, work / "downloads"), stamps, log=log)
+    if face_restore is not None:
+        build(face_restore_artifact(repository, face_restore), stamps, log=log)
+
+
+def set_composite_mode(model_dir: Path, mode: str) -> None:
+    """Writes the lipsync config's "composite" parameter, only when it differs: the
+    committed config (the reference model's, "delta") keeps its comments."""
+    config = read_config(model_dir)
+    if "composite" in config.parameters and config.parameters["composite"].string_value == mode:
+        return
+    config.parameters["composite"].string_value = mode
+    write_config(config, model_dir)
 
 
 def repository_with_wav2lip(source: Path, target: Path, work: Path, model_name: str) -> Path:
@@ -183,6 +225,7 @@ def repository_with_wav2lip(source: Path, target: Path, work: Path, model_name: 
     )
     config = read_config(source / "lipsync")
     config.name = model_name
+    config.parameters["composite"].string_value = COMPOSITE_MODES["wav2lip-random"]
     write_config(config, target / model_name)
     version = target / model_name / "1"
     version.mkdir(exist_ok=True)
@@ -197,12 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("build"), help="downloads and stamps")
     parser.add_argument("--lipsync", choices=LIPSYNC_SOURCES, default="reference")
     parser.add_argument("--wav2lip-checkpoint", type=Path)
+    parser.add_argument("--face-restore", choices=FACE_RESTORE_SOURCES)
     args = parser.parse_args(argv)
     try:
         build_repository(
             args.repository,
             lipsync=args.lipsync,
             checkpoint=args.wav2lip_checkpoint,
+            face_restore=args.face_restore,
             work=args.work,
         )
     except ModelBuildError as exc:

@@ -33,12 +33,15 @@ async def probe(settings: Settings) -> None:
         served, client = engine.served, engine.client
         gpus = ", ".join(g.name for g in engine.gpus.gpus) or f"none ({engine.gpus.nvml})"
         print(f"GPUs: {gpus}")
-        for spec in (served.lipsync, served.detector):
+        for spec in served.specs:
             groups = ", ".join(f"{g.count}x{g.kind}" for g in spec.instance_groups)
             print(
                 f"{spec.name}: {spec.platform}, max batch {spec.max_batch_size}, "
                 f"instances {groups}, preferred batches {list(spec.preferred_batch_sizes)}"
             )
+        print(f"{served.lipsync.name}: composite {served.composite.value}")
+        if served.face_restore is None:
+            print(f"face restoration: unavailable ({served.restore_unavailable})")
         s = served.face_size
         mel = np.full((1, 1, 80, 16), PROBE_MEL_LEVEL, np.float32)
         face = np.full((1, 6, s, s), PROBE_GREY, np.float32)

@@ -49,6 +49,14 @@ LIPSYNC = ModelContract(
     ),
     outputs=(TensorContract("pred", "FP32", (3, "S", "S")),),
 )
+# An optional face restorer (GFPGAN, the analytic unsharp mask): one face crop of side S in,
+# the restored crop out. BGR in [0, 1] like lipsync's `pred`, so the generator's output goes
+# in as it is; a converter for an RGB model (GFPGAN wants RGB in [-1, 1]) flips the channels
+# and rescales inside its graph. S is the restorer's own size (512 for GFPGAN).
+FACE_RESTORE = ModelContract(
+    inputs=(TensorContract("face", "FP32", (3, "S", "S")),),
+    outputs=(TensorContract("restored", "FP32", (3, "S", "S")),),
+)
 # S3FD with in-graph box decoding: any image size in, one row per prior box out.
 FACE_DETECTOR = ModelContract(
     inputs=(TensorContract("image", "FP32", (3, "?", "?")),),

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     detector_model: str = Field(
         "face_detector", description="name of the face detector model on Triton"
     )
+    face_restore_model: str = Field(
+        "face_restore", description="optional: jobs may ask for it (restore_face, chaofen)"
+    )
     triton_ready_timeout_s: float = Field(120.0, gt=0, description="wait for READY at start-up")
     triton_request_timeout_s: float = Field(60.0, gt=0, description="deadline of one request")
     triton_retry_deadline_s: float = Field(

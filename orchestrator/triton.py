@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -79,6 +79,9 @@ class ModelSpec:
     preferred_batch_sizes: tuple[int, ...]
     max_queue_delay_us: int
     max_queue_size: int
+    # The config's `parameters` with a string value: how the pipeline should use the model
+    # (the lipsync model's "composite" mode).
+    parameters: dict[str, str] = field(default_factory=dict)
 
 
 class InferObserver(Protocol):
@@ -282,7 +285,22 @@ class TritonClient:
             preferred_batch_sizes=tuple(batching.preferred_batch_size),
             max_queue_delay_us=batching.max_queue_delay_microseconds,
             max_queue_size=batching.default_queue_policy.max_queue_size,
+            parameters={key: p.string_value for key, p in config.parameters.items()},
         )
+
+    async def model_served(self, model: str) -> bool:
+        """Whether Triton serves `model` now (an optional model: False is an answer, not an
+        error); an unreachable server still raises TritonUnavailable."""
+        try:
+            return await self._call(
+                model,
+                "readiness",
+                lambda t: self._client.is_model_ready(model, client_timeout=t),
+                RPC_TIMEOUT_S,
+                "startup",
+            )
+        except TritonRejected:
+            return False
 
     async def infer(
         self,

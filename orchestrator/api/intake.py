@@ -31,6 +31,12 @@ def video_check(service: Service) -> Callable[[Path, bool, str], VideoInfo | Non
     return lambda path, partial, name: check_video(path, service.settings, partial, name)
 
 
+def face_restore_unavailable(service: Service) -> str | None:
+    """Why this server cannot restore faces (restore_face, HeyGem's chaofen); None if it can."""
+    served = service.engine.served
+    return None if served.face_restore is not None else served.restore_unavailable
+
+
 async def submit_job(
     service: Service,
     *,
@@ -41,7 +47,7 @@ async def submit_job(
     client_code: str | None = None,
     webhook_url: str | None = None,
     watermark: bool = False,
-    super_resolution: bool = False,
+    restore_face: bool = False,
     audio_name: str | None = None,
     video_name: str | None = None,
 ) -> JobRecord:
@@ -72,7 +78,7 @@ async def submit_job(
             audio_name=audio_name,
             video_name=avatar.source_name,
             watermark=watermark,
-            super_resolution=super_resolution,
+            restore_face=restore_face,
         )
     else:
         assert video is not None and video_content_id is not None
@@ -88,7 +94,7 @@ async def submit_job(
             audio_name=audio_name,
             video_name=video_name,
             watermark=watermark,
-            super_resolution=super_resolution,
+            restore_face=restore_face,
         )
     # A client code used twice: DuplicateCode (409) from the store, whichever engine.
     return await service.admission.submit(inputs)

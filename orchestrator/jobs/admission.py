@@ -44,7 +44,7 @@ class JobInputs:
     audio_name: str | None = None  # the inputs as the client named them, for messages
     video_name: str | None = None
     watermark: bool = False
-    super_resolution: bool = False
+    restore_face: bool = False
 
 
 class Admission:
@@ -93,7 +93,7 @@ class Admission:
                 audio_name=inputs.audio_name,
                 video_name=inputs.video_name,
                 watermark=inputs.watermark,
-                super_resolution=inputs.super_resolution,
+                restore_face=inputs.restore_face,
             )
             try:
                 admitted = await self.store.admit_job(job, self.settings.max_backlog)

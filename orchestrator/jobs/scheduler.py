@@ -323,6 +323,7 @@ class Scheduler:
                         watermark=Watermark.from_settings(self.settings) if job.watermark else None,
                         audio_name=job.audio_name,
                         avatar_name=job.video_name,
+                        restore_face=job.restore_face,
                     )
             job.state = SUCCEEDED
             job.stage_seconds = dict(result.stage_seconds)

@@ -1,5 +1,10 @@
 """infer: face crops and mel windows, batched, to the lipsync model on Triton.
 
+When a job asks for face restoration, each batch's generated faces go on to the
+face_restore model (resized up to its size S) in the same task, and composite pastes the
+restored faces from that size straight into their boxes: resizing them back down to the
+lipsync crop (96 px) first would throw away what the restorer drew.
+
 Batches go out as tasks with a bounded number in flight; the tasks themselves are queued
 in frame order, so the next stage gets results in order however Triton schedules them.
 """
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -24,6 +30,15 @@ PIXEL_MAX = 255.0
 FIRST_BATCH = 4
 
 BatchTask = asyncio.Task[list[GeneratedFrame]]
+
+
+@dataclass(frozen=True)
+class FaceRestorer:
+    """The face_restore model as a job uses it (contracts.FACE_RESTORE)."""
+
+    model: str
+    size: int  # its face size S, from its config (512 for GFPGAN)
+    batch_size: int  # faces per request: its max_batch_size
 
 
 def face_crop(frame: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
@@ -70,6 +85,41 @@ def _to_pixels(pred: np.ndarray) -> np.ndarray:
     return np.clip(pred * PIXEL_MAX + 0.5, 0, PIXEL_MAX).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+def restore_input(pred: np.ndarray, size: int) -> np.ndarray:
+    """Lipsync predictions [B, 3, S, S] as the restorer's `face` input [B, 3, R, R]: the
+    same BGR channels in [0, 1], resized to its size R."""
+    if pred.shape[-1] == size:
+        return np.clip(pred, 0.0, 1.0).astype(np.float32)
+    faces = np.empty((len(pred), 3, size, size), np.float32)
+    for face, out in zip(pred, faces, strict=True):
+        hwc = np.ascontiguousarray(face.transpose(1, 2, 0), dtype=np.float32)
+        resized = cv2.resize(hwc, (size, size), interpolation=cv2.INTER_CUBIC)
+        out[...] = resized.transpose(2, 0, 1)
+    # Bicubic overshoots at edges; the contract is [0, 1].
+    np.clip(faces, 0.0, 1.0, out=faces)
+    return faces
+
+
+async def _restore(
+    pred: np.ndarray,
+    client: TritonClient,
+    restorer: FaceRestorer,
+    pool: Executor,
+    clock: StageClock,
+) -> np.ndarray:
+    """The batch's faces through face_restore: [B, 3, R, R] in [0, 1]. A batch larger than
+    the restorer's goes as consecutive requests; other batches are in flight meanwhile."""
+    faces = await clock.run(STAGE, pool, restore_input, pred, restorer.size)
+    restored = []
+    started = asyncio.get_running_loop().time()
+    for first in range(0, len(faces), restorer.batch_size):
+        chunk = faces[first : first + restorer.batch_size]
+        result = await client.infer(restorer.model, {"face": chunk}, ["restored"])
+        restored.append(result["restored"])
+    clock.add(STAGE, asyncio.get_running_loop().time() - started)
+    return np.concatenate(restored)
+
+
 async def _infer_batch(
     batch: list[DrivenFrame],
     client: TritonClient,
@@ -77,6 +127,7 @@ async def _infer_batch(
     face_size: int,
     pool: Executor,
     clock: StageClock,
+    restorer: FaceRestorer | None = None,
 ) -> list[GeneratedFrame]:
     if not any(item.box is not None for item in batch):
         return [GeneratedFrame(item, None) for item in batch]
@@ -84,9 +135,10 @@ async def _infer_batch(
     started = asyncio.get_running_loop().time()
     result = await client.infer(model, {"mel": mels, "face": faces}, ["pred"])
     clock.add(STAGE, asyncio.get_running_loop().time() - started)
-    generated = iter(
-        zip(await clock.run(STAGE, pool, _to_pixels, result["pred"]), given, strict=True)
-    )
+    pred = result["pred"]
+    if restorer is not None:
+        pred = await _restore(pred, client, restorer, pool, clock)
+    generated = iter(zip(await clock.run(STAGE, pool, _to_pixels, pred), given, strict=True))
     return [
         GeneratedFrame(item, *next(generated))
         if item.box is not None
@@ -105,8 +157,10 @@ async def infer(
     batch_size: int,
     pool: Executor,
     clock: StageClock,
+    restorer: FaceRestorer | None = None,
 ) -> None:
-    """`out` is bounded: its size is the number of batches in flight."""
+    """`out` is bounded: its size is the number of batches in flight. With a `restorer`
+    the generated faces are restored (at its size) before they go on."""
     batch: list[DrivenFrame] = []
     sizes = batch_sizes(batch_size)
     size = next(sizes)
@@ -115,7 +169,7 @@ async def infer(
         if item is not END:
             batch.append(item)
         if batch and (item is END or len(batch) == size):
-            work = _infer_batch(batch, client, model, face_size, pool, clock)
+            work = _infer_batch(batch, client, model, face_size, pool, clock, restorer)
             task = group.create_task(guarded(STAGE, work))
             await out.put(task)
             batch, size = [], next(sizes)

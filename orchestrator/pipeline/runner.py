@@ -29,7 +29,7 @@ from orchestrator.pipeline.composite import composite
 from orchestrator.pipeline.decode import decode_audio, require_input
 from orchestrator.pipeline.drive import drive, output_fps, output_frame_count, pingpong
 from orchestrator.pipeline.encode import Mp4Writer, VideoEncoder, Watermark, encode
-from orchestrator.pipeline.infer import BatchTask, infer
+from orchestrator.pipeline.infer import BatchTask, FaceRestorer, infer
 from orchestrator.pipeline.mel import SAMPLE_RATE, mel_spectrogram
 from orchestrator.pipeline.stages import FRAME_QUEUE_DEPTH, DrivenFrame, StageClock, guarded
 from orchestrator.settings import Settings
@@ -113,9 +113,7 @@ class Engine:
         GPUs this host has: any mismatch is a loud start-up failure."""
         served = await load_served_models(self.client, self.settings)
         self.gpus = await self.probe_gpus()
-        gpu_guard(
-            self.gpus, [served.lipsync, served.detector], require_gpu=self.settings.require_gpu
-        )
+        gpu_guard(self.gpus, served.specs, require_gpu=self.settings.require_gpu)
         self._served = served
         return served
 
@@ -129,9 +127,7 @@ class Engine:
             return [exc.message]
         if census is None:
             census = await self.probe_gpus()
-        return gpu_problems(
-            census, [served.lipsync, served.detector], require_gpu=self.settings.require_gpu
-        )
+        return gpu_problems(census, served.specs, require_gpu=self.settings.require_gpu)
 
     async def probe_gpus(self) -> GpuCensus:
         return await asyncio.get_running_loop().run_in_executor(self._probes, self.gpu_probe)
@@ -177,10 +173,14 @@ class Engine:
         *,
         audio_name: str | None = None,
         avatar_name: str | None = None,
+        restore_face: bool = False,
     ) -> JobResult:
         """Renders `out` (an MP4) from an avatar video and a speech track; `watermark` is
         drawn on every frame of this job's output. The names are the inputs as the user
-        knows them (an upload's filename): messages use them, never the server's paths."""
+        knows them (an upload's filename): messages use them, never the server's paths.
+        `restore_face`: the generated faces go through the face_restore model, where one is
+        served; without one the job renders unrestored (the API refuses /v1 jobs that ask
+        while none is served, so only HeyGem's best-effort `chaofen` gets here)."""
         progress = Progress()
         report = on_progress or (lambda _: None)
         clock = StageClock()
@@ -235,6 +235,7 @@ class Engine:
                         progress,
                         report,
                         watermark,
+                        restore_face,
                     )
                 except PipelineError:
                     # A failed preparation is the root cause of whatever rendering then hit.
@@ -266,9 +267,15 @@ class Engine:
         progress: Progress,
         report: ProgressCallback,
         watermark: Watermark | None = None,
+        restore_face: bool = False,
     ) -> Path:
         """drive → infer → composite → encode, streaming, as one task group."""
         served = self.served
+        restorer = None
+        if restore_face and served.face_restore is not None:
+            restorer = FaceRestorer(
+                served.face_restore.name, served.restore_size, served.face_restore.max_batch_size
+            )
         batch_size = min(self.settings.lipsync_batch_size, served.lipsync.max_batch_size)
         driven: asyncio.Queue[DrivenFrame | None] = asyncio.Queue(FRAME_QUEUE_DEPTH)
         # Its size is the number of lipsync batches in flight.
@@ -318,11 +325,15 @@ class Engine:
                                 batch_size,
                                 pool,
                                 clock,
+                                restorer,
                             ),
                         )
                     )
                     group.create_task(
-                        guarded("composite", composite(batches, composed, pool, clock))
+                        guarded(
+                            "composite",
+                            composite(batches, composed, pool, clock, served.composite),
+                        )
                     )
                     encoded = group.create_task(
                         guarded("encode", encode(composed, writer, pool, clock, on_frame))

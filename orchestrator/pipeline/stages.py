@@ -35,9 +35,10 @@ class DrivenFrame:
 @dataclass(frozen=True)
 class GeneratedFrame:
     driven: DrivenFrame
-    face: np.ndarray | None  # generated face crop, BGR uint8 [S, S, 3]
-    # The crop of the box the model was given, BGR uint8 [S, S, 3]: composite blends
-    # the change between the two, and should not resize the box a second time.
+    # Generated face crop, BGR uint8 [S, S, 3] ([R, R, 3] when restored at the restorer's R).
+    face: np.ndarray | None
+    # The crop of the box the model was given, BGR uint8 [S, S, 3]: composite in delta mode
+    # blends the change between the two, and should not resize the box a second time.
     given: np.ndarray | None = None
 
 

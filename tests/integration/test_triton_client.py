@@ -13,9 +13,10 @@ from localtriton.server import free_port
 from modelkit.talking import expected_prediction
 from orchestrator.errors import ContractMismatch, TritonRejected, TritonUnavailable
 from orchestrator.models import check_lipsync, load_served_models
+from orchestrator.pipeline.composite import CompositeMode
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient
-from tests.conftest import TritonAddress
+from tests.conftest import WAV2LIP_MODEL, TritonAddress
 
 
 async def test_both_models_are_ready_and_match_the_contract(
@@ -26,6 +27,22 @@ async def test_both_models_are_ready_and_match_the_contract(
     assert served.lipsync.max_batch_size >= 64
     assert served.detector.max_batch_size >= 16
     assert served.lipsync.preferred_batch_sizes
+
+
+async def test_composite_mode_and_the_missing_restorer_are_read_from_triton(
+    triton_client: TritonClient, settings: Settings
+) -> None:
+    served = await load_served_models(triton_client, settings)
+    # The committed config of the analytic reference model asks for delta.
+    assert served.composite == CompositeMode.DELTA
+    # No face_restore model on the session's server: unavailable, and said why, not an error.
+    assert served.face_restore is None
+    assert served.restore_unavailable == "Triton serves no 'face_restore' model"
+    assert [spec.name for spec in served.specs] == ["lipsync", "face_detector"]
+    wav2lip = await load_served_models(
+        triton_client, settings.model_copy(update={"lipsync_model": WAV2LIP_MODEL})
+    )
+    assert wav2lip.composite == CompositeMode.REPLACE, "a real generator's face is pasted"
 
 
 async def test_reference_model_matches_its_formula_through_triton(

@@ -8,9 +8,17 @@ from pathlib import Path
 import onnx
 import pytest
 
-from modelkit.build import Artifact, build, lipsync_artifact
+from modelkit.build import (
+    COMPOSITE_MODES,
+    LIPSYNC_SOURCES,
+    Artifact,
+    build,
+    lipsync_artifact,
+    set_composite_mode,
+)
 from modelkit.errors import ModelBuildError
 from modelkit.reference import export_reference
+from modelkit.repository import read_config
 from tests.conftest import MODEL_REPOSITORY
 
 
@@ -74,3 +82,16 @@ def test_built_models_load_in_the_production_onnx_runtime(built_models: Path) ->
         assert all(
             o.version <= MAX_OPSET for o in proto.opset_import if o.domain in ("", "ai.onnx")
         )
+
+
+def test_the_composite_mode_follows_the_lipsync_source(tmp_path: Path) -> None:
+    repository = _repository_copy(tmp_path)
+    committed = (repository / "lipsync" / "config.pbtxt").read_bytes()
+    set_composite_mode(repository / "lipsync", COMPOSITE_MODES["reference"])
+    # The committed config is the reference model's: left as it is, comments and all.
+    assert (repository / "lipsync" / "config.pbtxt").read_bytes() == committed
+    set_composite_mode(repository / "lipsync", COMPOSITE_MODES["checkpoint"])
+    config = read_config(repository / "lipsync")
+    assert config.parameters["composite"].string_value == "replace"
+    assert COMPOSITE_MODES["grey-box"] == "delta"
+    assert set(COMPOSITE_MODES) == set(LIPSYNC_SOURCES)

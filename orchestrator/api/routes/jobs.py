@@ -10,7 +10,12 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from orchestrator.api.deps import Service, ServiceDep
-from orchestrator.api.intake import audio_check, submit_job, video_check
+from orchestrator.api.intake import (
+    audio_check,
+    face_restore_unavailable,
+    submit_job,
+    video_check,
+)
 from orchestrator.api.schemas import JobDocument, JobPage, JobState, error_responses
 from orchestrator.api.uploads import receive_form
 from orchestrator.errors import BadInput, Conflict, NotFound
@@ -26,6 +31,11 @@ PAGE_DEFAULT, PAGE_MAX = 50, 500
 MAX_CURSOR_SEQ = 2**63 - 1
 # A cursor this server hands out is a base64 number; anything longer is not one.
 MAX_CURSOR_CHARS = 32
+# How a multipart form spells a boolean (HTML checkboxes send "on"); empty or absent: false.
+FORM_TRUE, FORM_FALSE = (
+    frozenset({"true", "1", "yes", "on"}),
+    frozenset({"false", "0", "no", "off", ""}),
+)
 MP4_BODY = {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}
 
 
@@ -58,6 +68,11 @@ def _document(service: Service, job: JobRecord) -> JobDocument:
                             "video": {"type": "string", "format": "binary"},
                             "avatar_id": {"type": "string"},
                             "webhook_url": {"type": "string"},
+                            "restore_face": {
+                                "type": "boolean",
+                                "description": "restore the generated face with the "
+                                "face_restore model; 422 where none is served",
+                            },
                         },
                     }
                 }
@@ -79,6 +94,7 @@ async def submit(request: Request, response: Response, service: ServiceDep) -> J
         if audio is None:
             raise BadInput("request", "the form needs an 'audio' file")
         video = form.files.get("video")
+        restore_face = _restore_face(service, form.fields.get("restore_face"))
         job = await submit_job(
             service,
             audio=audio.path,
@@ -86,6 +102,7 @@ async def submit(request: Request, response: Response, service: ServiceDep) -> J
             video_content_id=video.content_id if video else None,
             avatar_id=form.fields.get("avatar_id") or None,
             webhook_url=form.fields.get("webhook_url") or None,
+            restore_face=restore_face,
             audio_name=audio.filename,
             video_name=video.filename if video else None,
         )
@@ -175,6 +192,20 @@ async def delete_job(job_id: str, service: ServiceDep) -> JobDocument | Response
     await service.store.delete_job(job_id)
     await service.storage.remove_job(job_id)
     return Response(status_code=204)
+
+
+def _restore_face(service: Service, field: str | None) -> bool:
+    """The form's restore_face as a boolean; asking where no restorer is served is a 422,
+    not a job that quietly renders without it."""
+    value = (field or "").strip().lower()
+    if value not in FORM_TRUE | FORM_FALSE:
+        raise BadInput("request", f"restore_face must be true or false, not '{field}'")
+    if value in FORM_FALSE:
+        return False
+    reason = face_restore_unavailable(service)
+    if reason is not None:
+        raise BadInput("request", f"restore_face: face restoration is unavailable ({reason})")
+    return True
 
 
 def _encode_cursor(seq: int) -> str:

@@ -36,7 +36,7 @@ class JobRecord:
     audio_name: str | None = None  # the inputs as the client named them, for messages
     video_name: str | None = None
     watermark: bool = False  # draw the visible watermark (HeyGem's watermark_switch)
-    super_resolution: bool = False  # asked for (HeyGem's chaofen); no model here applies it
+    restore_face: bool = False  # asked (restore_face, chaofen); done where face_restore is served
     attempts: int = 0  # how many times the job was started
     started_at: float | None = None
     finished_at: float | None = None
