@@ -298,6 +298,12 @@ class Settings(BaseSettings):
         description="postgresql://user:password@host:port/db: the job store shared by every "
         "replica; unset: SQLite in the data directory (one host)",
     )
+    store_timeout_s: float = Field(
+        1.5,
+        gt=0,
+        description="a PostgreSQL call not answered within this is an outage: the request "
+        "answers 503 at once rather than waiting on a frozen server",
+    )
     replica_id: str | None = Field(
         None,
         description="this replica's stable name; a restart under the same name takes back its "

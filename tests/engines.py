@@ -14,6 +14,7 @@ data, which is how the fault tests take the database away and bring it back.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pwd
@@ -161,7 +162,23 @@ class PostgresEngine:
                     raise RuntimeError(f"postgres not up in {START_DEADLINE_S} s") from None
                 time.sleep(POLL_S)
 
+    def freeze(self) -> None:
+        """SIGSTOP to the server and every backend (each backend is a process group of its
+        own, so the postmaster's group is not enough): connections stay open, nothing
+        answers."""
+        assert self.process is not None
+        self._frozen = [self.process.pid, *_children(self.process.pid)]
+        for pid in self._frozen:
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in getattr(self, "_frozen", []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self._frozen = []
+
     def stop(self) -> None:
+        self.thaw()  # a stopped server cannot shut down
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGINT)  # fast shutdown: sessions are ended
@@ -194,3 +211,16 @@ def postgres() -> Iterator[PostgresEngine]:
 def postgres_url(postgres: PostgresEngine) -> str:
     """A fresh database for one test."""
     return postgres.create_database()
+
+
+def _children(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (from /proc)."""
+    found: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # gone meanwhile
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found

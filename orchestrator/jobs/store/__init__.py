@@ -76,4 +76,5 @@ async def open_store(settings: Settings) -> JobStore:
     # Imported here: a single host never loads the PostgreSQL driver.
     from orchestrator.jobs.store.postgres import PostgresStore
 
-    return await PostgresStore(settings.database_url.get_secret_value()).open()
+    url = settings.database_url.get_secret_value()
+    return await PostgresStore(url, settings.store_timeout_s).open()

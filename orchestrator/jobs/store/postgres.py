@@ -52,6 +52,9 @@ CHANNEL = "dh_jobs"
 ADMISSION_LOCK = 0x64685F61646D  # "dh_adm"
 # A request waits at most this long for a connection: an outage answers 503 quickly.
 CONNECT_TIMEOUT_S = 5.0
+# Default answer timeout of one store call (DH_STORE_TIMEOUT_S): requests that need the
+# store answer within 2 s even while it is frozen.
+ANSWER_TIMEOUT_S = 1.5
 POOL_SIZE = 10
 LISTEN_RETRY_S = 1.0  # pause between attempts to listen again after an outage
 NOW = "extract(epoch FROM clock_timestamp())::float8"
@@ -67,8 +70,9 @@ def _set_state(job: JobRecord) -> str:
 
 
 class PostgresStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, answer_timeout_s: float = ANSWER_TIMEOUT_S) -> None:
         self._url = url
+        self._answer_timeout_s = answer_timeout_s
         parts = conninfo_to_dict(url)
         self._password = str(parts.get("password") or "")
         host, port = parts.get("host") or "localhost", parts.get("port") or 5432
@@ -134,12 +138,24 @@ class PostgresStore:
         await self._pool.close()
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async def _connection(
+        self, bounded: bool = True
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection for the block; the whole block must be answered within the
+        answer timeout (unless not `bounded`): a frozen server (connections open, nothing
+        answered) is as down as one that refuses, and says so fast."""
+        deadline = asyncio.timeout(self._answer_timeout_s if bounded else None)
         try:
-            async with self._pool.connection() as connection:
+            async with deadline, self._pool.connection() as connection:
                 yield connection
         except _UNREACHABLE as exc:
             raise self._unavailable(exc) from None
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise StoreUnavailable(
+                STAGE, f"{self._where} did not answer within {self._answer_timeout_s:g} s"
+            ) from None
 
     async def _sql(self, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         async with self._connection() as connection:
@@ -161,7 +177,8 @@ class PostgresStore:
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
         # A transaction-level advisory lock: released when the block's transaction ends,
         # also when this replica dies (its connection goes with it).
-        async with self._connection() as connection, connection.transaction():
+        # Held for the whole block (a sweep), so not bound by the answer timeout.
+        async with self._connection(bounded=False) as connection, connection.transaction():
             cursor = await connection.execute(
                 "SELECT pg_try_advisory_xact_lock(%s)", (_lock_key(name),)
             )
