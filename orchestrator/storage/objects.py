@@ -8,14 +8,13 @@ Messages name the endpoint and bucket, never credentials.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
@@ -25,6 +24,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from orchestrator.blocking import run_blocking
 from orchestrator.errors import BadInput, NotFound, describe
 from orchestrator.settings import Settings
 from orchestrator.storage.base import STAGE, StorageUnavailable
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
 
+P = ParamSpec("P")
 T = TypeVar("T")
 # S3's bucket naming rules (DNS-compatible names, as SeaweedFS and MinIO require too).
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -275,7 +276,7 @@ class Bucket:
         self._client.close()
         self._probe_client.close()
 
-    async def _run(self, what: str, fn: Callable[..., T], *args: object, **kwargs: Any) -> T:
+    async def _run(self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         def call() -> T:
             try:
                 return fn(*args, **kwargs)
@@ -290,7 +291,7 @@ class Bucket:
                 raise self._unavailable(what, describe(exc)) from None
 
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+            return await run_blocking(self._pool, call)
         except StorageUnavailable as exc:
             self.on_unavailable(exc.message)
             raise

@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
+from orchestrator.blocking import run_blocking
 from orchestrator.jobs.store.base import DuplicateCode
 from orchestrator.jobs.store.migrations import SCHEMA_VERSION_TABLE, SQLITE, pending
 from orchestrator.jobs.store.records import (
@@ -33,6 +34,7 @@ from orchestrator.jobs.store.records import (
     job_from_row,
 )
 
+P = ParamSpec("P")
 T = TypeVar("T")
 JOB_COLUMNS = "body, seq, lease_owner, cancel_requested"
 
@@ -99,8 +101,9 @@ class SqliteStore:
     async def problems(self) -> list[str]:
         return []
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """On the store's own thread: the connection is used by that thread only."""
+        return await run_blocking(self._thread, fn, *args, **kwargs)
 
     def _sql(self, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         assert self._db is not None, "SqliteStore.open() has not run"
