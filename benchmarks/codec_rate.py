@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.pipeline.avatar import Avatar
+from orchestrator.pipeline.avatar_cache import Avatar
 from orchestrator.pipeline.composite import composite_frame
 from orchestrator.pipeline.decode import decode_audio, read_video_frames
 from orchestrator.pipeline.drive import output_fps, pingpong

@@ -21,9 +21,11 @@ import httpx
 
 from orchestrator.api.deps import Service
 from orchestrator.api.heygem import InputRoot, input_roots, resolve_input
-from orchestrator.api.uploads import CONTENT_ID_HEX, PAYLOAD_TOO_LARGE
+from orchestrator.api.uploads import PAYLOAD_TOO_LARGE
+from orchestrator.blocking import run_blocking
 from orchestrator.errors import BadInput, LimitExceeded
 from orchestrator.outbound import OutboundRefused, check_url, fetch_policy
+from orchestrator.pipeline.avatar_cache import CONTENT_ID_HEX
 from orchestrator.storage import safe_suffix
 
 STAGE = "fetch"
@@ -96,7 +98,6 @@ async def _download(url: str, what: str, path: Path, service: Service) -> str:
     """Streams the body to `path` under the byte limit; returns its content id."""
     limit = service.settings.url_fetch_max_bytes
     hasher = hashlib.sha256()
-    loop = asyncio.get_running_loop()
     async with service.http.stream(
         "GET", url, timeout=service.settings.url_fetch_timeout_s, follow_redirects=False
     ) as reply:
@@ -114,7 +115,7 @@ async def _download(url: str, what: str, path: Path, service: Service) -> str:
                 if size > limit:
                     raise _too_large(what, limit, "DH_URL_FETCH_MAX_BYTES")
                 hasher.update(chunk)
-                await loop.run_in_executor(service.io_pool, sink.write, chunk)
+                await run_blocking(service.io_pool, sink.write, chunk)
     if size == 0:
         raise BadInput(STAGE, f"{what}: {url} returned no bytes")
     return hasher.hexdigest()[:CONTENT_ID_HEX]
@@ -143,7 +144,7 @@ async def _copy_local(
         return hasher.hexdigest()[:CONTENT_ID_HEX]
 
     try:
-        content_id = await asyncio.get_running_loop().run_in_executor(service.io_pool, copy)
+        content_id = await run_blocking(service.io_pool, copy)
     except BaseException:
         await service.storage.discard(path)
         raise

@@ -12,18 +12,18 @@ HeyGem's (when set) and DH_LOCAL_INPUT_DIR (when set), tried in that order.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from orchestrator.blocking import run_blocking
 from orchestrator.errors import BadInput, PipelineError, describe
+from orchestrator.files import atomic_write
 from orchestrator.jobs.store import JobRecord
 from orchestrator.settings import Settings
 from orchestrator.storage import Storage
@@ -138,18 +138,13 @@ def place_result(result: Path, target: Path) -> Path:
     (no copy of a large file), else a copy; either under a temporary name, then renamed,
     so HeyGem's app never finds a half-written file."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-    try:
+    with atomic_write(target) as partial:
         try:
             os.link(result, partial)
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
             shutil.copyfile(result, partial)
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     return target
 
 
@@ -181,9 +176,7 @@ def result_placer(settings: Settings, storage: Storage, pool: Executor) -> Succe
             return
         target = result_file(data_dir, job.client_code)
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                pool, place_result, storage.result_path(job.id), target
-            )
+            await run_blocking(pool, place_result, storage.result_path(job.id), target)
         except OSError as exc:
             raise PipelineError(
                 RESULT_STAGE, f"writing the result to {target} failed: {exc}"

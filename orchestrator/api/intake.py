@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from orchestrator.api.deps import Service
+from orchestrator.blocking import run_blocking
 from orchestrator.errors import BadInput
 from orchestrator.jobs.admission import JobInputs
 from orchestrator.jobs.limits import AudioInfo, check_audio, check_video
@@ -15,12 +14,7 @@ from orchestrator.jobs.store import FAILED, JobRecord
 from orchestrator.jobs.webhook import check_webhook_url
 from orchestrator.pipeline.decode import VideoInfo
 
-T = TypeVar("T")
 STAGE = "request"
-
-
-async def in_pool(service: Service, fn: Callable[..., T], *args: object) -> T:
-    return await asyncio.get_running_loop().run_in_executor(service.io_pool, fn, *args)
 
 
 def audio_check(service: Service) -> Callable[[Path, bool, str], AudioInfo | None]:
@@ -58,7 +52,9 @@ async def submit_job(
         raise BadInput(STAGE, "send either an avatar_id or a video file, not both or neither")
     if webhook_url:
         check_webhook_url(webhook_url, service.settings)
-    info = await in_pool(service, check_audio, audio, service.settings, False, audio_name)
+    info = await run_blocking(
+        service.io_pool, check_audio, audio, service.settings, False, audio_name
+    )
     assert info is not None, "a complete file is always measured"
     if avatar_id is not None:
         avatar = await service.store.get_avatar(avatar_id)
@@ -82,7 +78,7 @@ async def submit_job(
         )
     else:
         assert video is not None and video_content_id is not None
-        await in_pool(service, check_video, video, service.settings, False, video_name)
+        await run_blocking(service.io_pool, check_video, video, service.settings, False, video_name)
         inputs = JobInputs(
             audio=audio,
             audio_seconds=info.seconds,

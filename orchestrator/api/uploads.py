@@ -19,13 +19,15 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from orchestrator.blocking import run_blocking
 from orchestrator.errors import BadInput, LimitExceeded
+from orchestrator.pipeline.avatar_cache import CONTENT_ID_HEX
 from orchestrator.settings import Settings
 from orchestrator.storage import Storage, safe_suffix
 
@@ -41,8 +43,6 @@ PARTIAL_CHECK_AT = (256 * 1024, 4 * 1024**2, 32 * 1024**2)
 # Text fields are ids and URLs: anything longer is not a real request.
 MAX_FIELD_BYTES = 16 * 1024
 MAX_PARTS = 16
-# Size of the content id: the same hash prefix the pipeline's avatar cache uses.
-CONTENT_ID_HEX = 32
 
 # (path, partial, the client's filename) -> None; raises LimitExceeded or BadInput.
 FileCheck = Callable[[Path, bool, str], object]
@@ -90,7 +90,7 @@ class ReceivedFile:
     filename: str
     path: Path
     size: int
-    content_id: str  # sha256 prefix of the bytes, as orchestrator.pipeline.avatar.content_id
+    content_id: str  # sha256 prefix of the bytes, as orchestrator.pipeline.avatar_cache.content_id
 
 
 @dataclass
@@ -269,7 +269,7 @@ class _Receiver:
             raise BadInput(STAGE, f"file field '{part.name}' was sent twice")
         part.path = self.storage.staging_path(safe_suffix(part.filename))
         self.staged.append(part.path)
-        part.sink = await self._in_pool(part.path.open, "wb")
+        part.sink = await run_blocking(self.pool, part.path.open, "wb")
         part.next_check = 0
 
     async def _data(self, data: bytes) -> None:
@@ -287,14 +287,14 @@ class _Receiver:
             sink.write(data)
             hasher.update(data)
 
-        await self._in_pool(write)
+        await run_blocking(self.pool, write)
         part.size += len(data)
         crossed = [at for at in PARTIAL_CHECK_AT[part.next_check :] if part.size >= at]
         if crossed:
             part.next_check += len(crossed)
-            await self._in_pool(sink.flush)
-            assert part.path is not None
-            await self._in_pool(self.checks[part.name], part.path, True, part.filename)
+            await run_blocking(self.pool, sink.flush)
+            assert part.path is not None and part.filename is not None
+            await run_blocking(self.pool, self.checks[part.name], part.path, True, part.filename)
 
     async def _close_part(self) -> None:
         part, self.current = self.current, None
@@ -303,11 +303,11 @@ class _Receiver:
         if part.sink is None:
             self.form.fields[part.name] = part.text.decode("utf-8", "replace")
             return
-        await self._in_pool(part.sink.close)
+        await run_blocking(self.pool, part.sink.close)
         assert part.path is not None and part.filename is not None
         if part.size == 0:
             raise BadInput(STAGE, f"the file in field '{part.name}' is empty")
-        await self._in_pool(self.checks[part.name], part.path, False, part.filename)
+        await run_blocking(self.pool, self.checks[part.name], part.path, False, part.filename)
         self.form.files[part.name] = ReceivedFile(
             field=part.name,
             filename=part.filename,
@@ -319,9 +319,6 @@ class _Receiver:
     async def discard(self) -> None:
         part = self.current
         if part is not None and part.sink is not None and not part.sink.closed:
-            await self._in_pool(part.sink.close)
+            await run_blocking(self.pool, part.sink.close)
         for path in self.staged:
             await self.storage.discard(path)
-
-    async def _in_pool(self, fn: Callable[..., Any], *args: object) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)

@@ -17,7 +17,7 @@ from pathlib import Path
 from orchestrator.errors import Conflict, NotFound, PipelineError, describe
 from orchestrator.jobs.readiness import OUTAGES, TritonGate
 from orchestrator.jobs.store import FAILED, PREPARING, READY, AvatarRecord, JobStore
-from orchestrator.pipeline.avatar import Avatar
+from orchestrator.pipeline.avatar_cache import Avatar
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
 from orchestrator.storage import Storage

@@ -1,10 +1,11 @@
 """Nothing accumulates: what a killed process left is removed at start-up, and finished
 jobs expire.
 
-Start-up, before avatars are prepared or jobs run: the scratch folders of avatar
-preparations that were cut off (`.partial`), job folders with no job row and avatar source
-folders with no avatar row (a kill between moving the files and writing the row) are
-removed. Staged uploads are LocalStorage's own start-up clean.
+Start-up, before avatars are prepared or jobs run: the `.partial` folders of avatar caches
+that were being written or fetched (pipeline/avatar_cache.py, through the storage), job
+folders with no job row and avatar source folders with no avatar row (a kill between
+moving the files and writing the row) are removed. Staged uploads are LocalStorage's own
+start-up clean.
 
 Retention: every DH_RETENTION_SWEEP_S, jobs that ended (succeeded, failed, cancelled) more
 than DH_RESULT_TTL ago are deleted, files first and then the row: a crash in between

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from orchestrator.errors import PipelineError
+from orchestrator.pipeline.avatar_cache import Avatar
 from orchestrator.pipeline.frame_store import FrameStore
-
-if TYPE_CHECKING:
-    from orchestrator.pipeline.avatar import Avatar
 
 Listener = Callable[["AvatarPrefix"], None]
 

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from orchestrator.errors import BadInput, PipelineError
+from orchestrator.files import Partial
 from orchestrator.pipeline.stages import END, StageClock
 from orchestrator.settings import Settings
 
@@ -200,13 +201,15 @@ class Mp4Writer:
         encoder = codec if isinstance(codec, VideoEncoder) else VideoEncoder(codec)
         self.out = out
         self._overlay = None if watermark is None else watermark_overlay(watermark, width, height)
-        self.partial = out.with_name(f".{out.name}.partial")
+        # Written under a partial name and renamed at the end: a reader of `out` never
+        # finds half an MP4.
+        self._file = Partial(out)
         self.fps = fps
         # H.264 in yuv420p needs even sides; one replicated edge row or column is added.
         self.width, self.height = width + width % 2, height + height % 2
         self.frames = 0
         self._container = av.open(
-            str(self.partial), "w", format="mp4", options={"movflags": "+faststart"}
+            str(self._file.path), "w", format="mp4", options={"movflags": "+faststart"}
         )
         try:
             video = self._container.add_stream(encoder.codec, rate=fps)
@@ -276,7 +279,7 @@ class Mp4Writer:
         self._container.mux(self._video.encode(None))
         self._container.close()
         self._source.close()
-        self.partial.replace(self.out)
+        self._file.commit()
         return self.out
 
     def abort(self) -> None:
@@ -285,8 +288,8 @@ class Mp4Writer:
                 try:
                     closeable.close()
                 except av.FFmpegError as exc:
-                    log.debug("closing %s after a failure: %s", self.partial, exc)
-        self.partial.unlink(missing_ok=True)
+                    log.debug("closing %s after a failure: %s", self._file.path, exc)
+        self._file.discard()
 
 
 async def encode(

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator.blocking import run_blocking
 from orchestrator.errors import PipelineError, unwrap
 from orchestrator.gpu import GpuCensus, GpuProbe, gpu_problems, nvml_census
 from orchestrator.gpu import guard as gpu_guard
 from orchestrator.models import ServedModels, load_served_models
-from orchestrator.pipeline import avatar as avatar_stage
+from orchestrator.pipeline.avatar import Preparations
+from orchestrator.pipeline.avatar_cache import Avatar, avatars_dir
 from orchestrator.pipeline.avatar_prefix import AvatarPrefix
 from orchestrator.pipeline.boxes import has_face
 from orchestrator.pipeline.composite import composite
@@ -69,7 +71,7 @@ class JobResult:
     frames: int
     fps: Fraction
     audio_seconds: float
-    avatar: avatar_stage.Avatar
+    avatar: Avatar
     frames_without_face: int
     stage_seconds: dict[str, float]
     wall_seconds: float
@@ -96,11 +98,11 @@ class Engine:
         # loop's default executor grows with concurrent callers and never shrinks.
         self._probes = ThreadPoolExecutor(1, thread_name_prefix="dh-probe")
         self.video_codec = VideoEncoder.from_settings(settings)
-        self.preparations = avatar_stage.Preparations(self.avatars_dir, self.client, settings)
+        self.preparations = Preparations(self.avatars_dir, self.client, settings)
 
     @property
     def avatars_dir(self) -> Path:
-        return self.settings.data_dir / "avatars"
+        return avatars_dir(self.settings.data_dir)
 
     @property
     def served(self) -> ServedModels:
@@ -130,7 +132,7 @@ class Engine:
         return gpu_problems(census, served.specs, require_gpu=self.settings.require_gpu)
 
     async def probe_gpus(self) -> GpuCensus:
-        return await asyncio.get_running_loop().run_in_executor(self._probes, self.gpu_probe)
+        return await run_blocking(self._probes, self.gpu_probe)
 
     async def close(self) -> None:
         await self.client.close()
@@ -158,7 +160,7 @@ class Engine:
         video: Path,
         on_frame: Callable[[int], None] | None = None,
         name: str | None = None,
-    ) -> avatar_stage.Avatar:
+    ) -> Avatar:
         """`name`: the video as its owner knows it (an upload's filename), for messages."""
         with self._pool() as pool:
             return await guarded("avatar", self.preparations.prepare(video, pool, on_frame, name))
@@ -371,6 +373,6 @@ def _avatar_listener(
     return listener
 
 
-def _frames_without_face(avatar: avatar_stage.Avatar, total: int) -> int:
+def _frames_without_face(avatar: Avatar, total: int) -> int:
     faces = has_face(avatar.boxes)
     return sum(1 for i in range(total) if not faces[pingpong(i, avatar.frame_count)])

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
+from orchestrator.blocking import run_blocking
 from orchestrator.errors import PipelineError, unwrap
 
+P = ParamSpec("P")
 T = TypeVar("T")
 # Queue depth between stages, in frames: enough to keep every stage busy, small enough
 # that memory does not depend on the length of the audio.
@@ -51,11 +52,13 @@ class StageClock:
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] += seconds
 
-    async def run(self, stage: str, pool: Executor, fn: Callable[..., T], *args: object) -> T:
-        """`fn(*args)` in the thread pool, timed under `stage`."""
+    async def run(
+        self, stage: str, pool: Executor, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`fn(*args, **kwargs)` in the thread pool, timed under `stage`."""
         started = time.perf_counter()
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+            return await run_blocking(pool, fn, *args, **kwargs)
         finally:
             self.add(stage, time.perf_counter() - started)
 

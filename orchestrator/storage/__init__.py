@@ -13,7 +13,6 @@ from concurrent.futures import Executor
 
 from orchestrator.settings import Settings
 from orchestrator.storage.base import (
-    PARTIAL_AVATAR_SUFFIX,
     RESULT_NAME,
     JobFiles,
     Storage,
@@ -23,7 +22,6 @@ from orchestrator.storage.base import (
 from orchestrator.storage.local import LocalStorage
 
 __all__ = [
-    "PARTIAL_AVATAR_SUFFIX",
     "RESULT_NAME",
     "JobFiles",
     "LocalStorage",

@@ -22,9 +22,6 @@ if TYPE_CHECKING:
 
 STAGE = "storage"
 RESULT_NAME = "result.mp4"
-# Scratch folders of avatar preparations: orchestrator.pipeline.avatar names them
-# ".<avatar_id>.<random>.partial" and renames them into place when done.
-PARTIAL_AVATAR_SUFFIX = ".partial"
 # A name from a client is kept only for these characters, to be safe in a path.
 _SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _MAX_SUFFIX = 10

@@ -1,7 +1,7 @@
 """`LocalStorage`: every file under the data directory (the single-host default).
 
 Layout under the data directory:
-    avatars/<avatar_id>/        the pipeline's avatar cache (frames, boxes), owned by it
+    avatars/<avatar_id>/        the pipeline's avatar cache (pipeline/avatar_cache.py)
     service/avatar-sources/<avatar_id>/<name>   the uploaded avatar video
     service/jobs/<job_id>/      a job's inputs and its result.mp4
     service/staging/            uploads and fetches in progress
@@ -9,26 +9,23 @@ Layout under the data directory:
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from orchestrator.storage.base import (
-    PARTIAL_AVATAR_SUFFIX,
-    RESULT_NAME,
-    JobFiles,
-    Leftover,
-    LeftoverKind,
-)
+from orchestrator.blocking import run_blocking
+from orchestrator.files import remove_path, replace_durably
+from orchestrator.pipeline import avatar_cache
+from orchestrator.storage.base import RESULT_NAME, JobFiles, Leftover, LeftoverKind
 
 if TYPE_CHECKING:
     from orchestrator.jobs.store import JobRecord
 
+__all__ = ["LocalStorage", "remove_path"]
+P = ParamSpec("P")
 T = TypeVar("T")
 
 
@@ -56,15 +53,15 @@ class LocalStorage:
         return self.root / "avatar-sources" / avatar_id
 
     def avatar_cache_dir(self, avatar_id: str) -> Path:
-        # Where the pipeline keeps the prepared avatar (orchestrator.pipeline.avatar).
-        return self.data_dir / "avatars" / avatar_id
+        return avatar_cache.avatars_dir(self.data_dir) / avatar_id
 
     async def adopt(self, staged: Path, destination: Path) -> Path:
         """Moves a finished upload into place (a rename: same file system)."""
 
         def move() -> Path:
             destination.parent.mkdir(parents=True, exist_ok=True)
-            return staged.replace(destination)
+            replace_durably(staged, destination)
+            return destination
 
         return await self.in_pool(move)
 
@@ -127,18 +124,12 @@ class LocalStorage:
         return await self.in_pool(_folders, self.root / "avatar-sources")
 
     async def remove_partial_avatars(self) -> list[str]:
-        """Removes the scratch folders of avatar preparations that were cut off (the
-        pipeline renames a finished one into place, so a leftover is never finished).
-        Call only while nothing prepares avatars: at start-up."""
-
-        def remove() -> list[str]:
-            avatars = self.data_dir / "avatars"
-            found = sorted(avatars.glob(f".*{PARTIAL_AVATAR_SUFFIX}")) if avatars.is_dir() else []
-            for leftover in found:
-                remove_path(leftover)
-            return [leftover.name for leftover in found]
-
-        return await self.in_pool(remove)
+        """Removes the scratch folders of avatar caches that were cut off (a finished one is
+        renamed into place, so a leftover is never finished). Call only while nothing
+        prepares or fetches avatars: at start-up."""
+        return await self.in_pool(
+            avatar_cache.remove_partials, avatar_cache.avatars_dir(self.data_dir)
+        )
 
     # The files are where the pipeline reads and writes them: nothing to fetch or keep.
 
@@ -178,16 +169,9 @@ class LocalStorage:
     async def close(self) -> None:
         return None
 
-    async def in_pool(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+    async def in_pool(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await run_blocking(self._pool, fn, *args, **kwargs)
 
 
 def _folders(parent: Path) -> list[str]:
     return sorted(entry.name for entry in parent.iterdir() if entry.is_dir())
-
-
-def remove_path(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
@@ -25,6 +25,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from orchestrator.blocking import run_blocking
 from orchestrator.errors import BadInput, NotFound, describe
 from orchestrator.settings import Settings
 from orchestrator.storage.base import STAGE, StorageUnavailable
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
 
+P = ParamSpec("P")
 T = TypeVar("T")
 # S3's bucket naming rules (DNS-compatible names, as SeaweedFS and MinIO require too).
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -143,7 +145,7 @@ class Bucket:
 
     async def probe(self) -> None:
         """HeadBucket: StorageUnavailable (saying why) unless the bucket answers."""
-        await self._run("checking the bucket", self._head_bucket, retry=False)
+        await self._call("checking the bucket", False, self._head_bucket)
 
     def _head_bucket(self) -> None:
         try:
@@ -293,16 +295,17 @@ class Bucket:
         self._client.close()
         self._probe_client.close()
 
-    async def _run(
-        self, what: str, fn: Callable[..., T], *args: object, retry: bool = True, **kwargs: Any
-    ) -> T:
+    async def _run(self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(*args, **kwargs)` in the pool, its failures as the project's errors; through an
-        outage it is tried again until DH_S3_RETRY_DEADLINE_S has passed (unless `retry` is
-        False: a probe answers at once)."""
+        outage it is tried again until DH_S3_RETRY_DEADLINE_S has passed."""
+        return await self._call(what, True, partial(fn, *args, **kwargs))
+
+    async def _call(self, what: str, retry: bool, fn: Callable[[], T]) -> T:
+        """`fn()` in the pool; `retry`: through an outage (a probe answers at once)."""
 
         def call() -> T:
             try:
-                return fn(*args, **kwargs)
+                return fn()
             except StorageUnavailable:
                 raise
             except ClientError as exc:
@@ -318,7 +321,7 @@ class Bucket:
         pause = RETRY_FIRST_PAUSE_S
         while True:
             try:
-                return await loop.run_in_executor(self._pool, call)
+                return await run_blocking(self._pool, call)
             except StorageUnavailable as exc:
                 # Told at once (no new work starts meanwhile); this call keeps trying.
                 self.on_unavailable(exc.message)

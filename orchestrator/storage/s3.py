@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
@@ -33,9 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import PipelineError
+from orchestrator.pipeline import avatar_cache
 from orchestrator.settings import Settings
 from orchestrator.storage.base import (
-    PARTIAL_AVATAR_SUFFIX,
     RESULT_NAME,
     STAGE,
     JobFiles,
@@ -55,9 +54,6 @@ log = logging.getLogger(__name__)
 AVATAR_MARKER = "complete.json"
 # While the bucket is away, how often it is probed (there is no event to wait for).
 RECHECK_S = 1.0
-# The pipeline's cache is complete once this file exists (orchestrator.pipeline.avatar
-# writes it last, then renames the folder into place).
-_CACHE_META = "meta.json"
 
 
 class S3Storage:
@@ -243,40 +239,39 @@ class S3Storage:
 
     async def fetch_avatar(self, avatar_id: str) -> None:
         """Downloads the avatar's cache if this host lacks it and the bucket has it whole:
-        into a scratch folder (named as the pipeline names its own, so start-up removes a
-        leftover), checked against the marker, then renamed into place."""
+        into a scratch folder (as the pipeline writes its own, so start-up removes a
+        leftover), checked against the marker, then installed as the pipeline installs."""
         directory = self.avatar_cache_dir(avatar_id)
-        if await self.local.in_pool((directory / _CACHE_META).is_file):
+        if await self.local.in_pool(avatar_cache.is_complete, directory):
             return
         marker = await self.bucket.get_bytes(self.avatar_key(avatar_id, AVATAR_MARKER))
         if marker is None:
             return  # not prepared anywhere yet: the pipeline prepares it
         files: dict[str, int] = json.loads(marker)["files"]
-        scratch = directory.parent / f".{avatar_id}.{uuid.uuid4().hex[:8]}{PARTIAL_AVATAR_SUFFIX}"
+        scratch = await self.local.in_pool(avatar_cache.new_scratch, directory)
         try:
-            await self.local.in_pool(lambda: scratch.mkdir(parents=True))
             for name in files:
-                await self.bucket.get_file(self.avatar_key(avatar_id, name), scratch / name)
-            sizes = await self.local.in_pool(_sizes, scratch)
+                await self.bucket.get_file(self.avatar_key(avatar_id, name), scratch.path / name)
+            sizes = await self.local.in_pool(avatar_cache.cache_files, scratch.path)
             if sizes != files:
                 log.warning("avatar %s: the bucket's cache is not as its marker says", avatar_id)
                 return
-            await self.local.in_pool(_move_into_place, scratch, directory)
+            await self.local.in_pool(avatar_cache.install, scratch)
             log.info("avatar %s: prepared cache fetched from the bucket", avatar_id)
         except MissingObject:
             return  # deleted meanwhile: prepared again here
         finally:
-            await self.local.in_pool(remove_path, scratch)
+            await self.local.in_pool(scratch.discard)
 
     async def publish_avatar(self, avatar_id: str) -> None:
         """Uploads this host's complete cache of the avatar unless the bucket has it."""
         directory = self.avatar_cache_dir(avatar_id)
-        if not await self.local.in_pool((directory / _CACHE_META).is_file):
+        if not await self.local.in_pool(avatar_cache.is_complete, directory):
             return
         marker_key = self.avatar_key(avatar_id, AVATAR_MARKER)
         if await self.bucket.size(marker_key) is not None:
             return
-        files = await self.local.in_pool(_sizes, directory)
+        files = await self.local.in_pool(avatar_cache.cache_files, directory)
         for name in files:
             await self.bucket.put_file(self.avatar_key(avatar_id, name), directory / name)
         marker = {"avatar_id": avatar_id, "files": files}
@@ -392,18 +387,3 @@ async def open_bucket(settings: Settings, pool: Executor) -> Bucket:
         bucket.close()
         raise
     return bucket
-
-
-def _sizes(directory: Path) -> dict[str, int]:
-    return {
-        entry.name: entry.stat().st_size for entry in sorted(directory.iterdir()) if entry.is_file()
-    }
-
-
-def _move_into_place(scratch: Path, directory: Path) -> None:
-    try:
-        scratch.rename(directory)
-    except OSError:
-        # Prepared or fetched here meanwhile: that copy is as good. Anything else is real.
-        if not (directory / _CACHE_META).is_file():
-            raise

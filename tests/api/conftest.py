@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator.pipeline.avatar import content_id
+from orchestrator.pipeline.avatar_cache import content_id
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
 from synthmedia.audio import voiced_speech, write_audio

@@ -7,7 +7,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from orchestrator.pipeline.avatar import Avatar
+from orchestrator.pipeline.avatar_cache import Avatar
 
 
 def decode_frames(path: Path) -> list[np.ndarray]:

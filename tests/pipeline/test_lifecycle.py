@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.pipeline.avatar import content_id, load_avatar
+from orchestrator.pipeline.avatar_cache import content_id, load_avatar
 from orchestrator.pipeline.runner import Engine, Progress
 from orchestrator.triton import TritonClient
 from synthmedia.audio import voiced_speech, write_audio

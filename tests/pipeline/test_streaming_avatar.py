@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from orchestrator.pipeline import runner
-from orchestrator.pipeline.avatar import content_id
+from orchestrator.pipeline.avatar_cache import content_id
 from orchestrator.pipeline.avatar_prefix import AvatarPrefix
 from orchestrator.pipeline.frame_store import FrameStore
 from orchestrator.pipeline.runner import Engine, JobResult, Progress

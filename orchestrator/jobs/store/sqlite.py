@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
+from orchestrator.blocking import run_blocking
 from orchestrator.jobs.store.base import STAGE, DuplicateCode, StoreFull, StoreUnavailable
 from orchestrator.jobs.store.migrations import SCHEMA_VERSION_TABLE, SQLITE, pending
 from orchestrator.jobs.store.records import (
@@ -36,6 +37,7 @@ from orchestrator.jobs.store.records import (
     job_from_row,
 )
 
+P = ParamSpec("P")
 T = TypeVar("T")
 JOB_COLUMNS = "body, seq, lease_owner, cancel_requested"
 
@@ -118,9 +120,10 @@ class SqliteStore:
         finally:
             os.close(fd)  # releases the lock with the descriptor
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """On the store's own thread: the connection is used by that thread only."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+            return await run_blocking(self._thread, fn, *args, **kwargs)
         except sqlite3.OperationalError as exc:
             # SQLite's own words; the layers above see the project's errors.
             if "full" in str(exc):
