@@ -54,7 +54,7 @@ class StopReason(StrEnum):
     INTERRUPTED = "interrupted"  # the replica running it died (its lease expired)
 
 
-Q, R, S, F, C = (
+_Q, _R, _S, _F, _C = (
     JobState.QUEUED,
     JobState.RUNNING,
     JobState.SUCCEEDED,
@@ -63,16 +63,16 @@ Q, R, S, F, C = (
 )
 # (from, to) -> the reasons that may make that move; None is the claim, which has none.
 TRANSITIONS: dict[tuple[JobState, JobState], frozenset[StopReason | None]] = {
-    (Q, R): frozenset({None}),
-    (Q, C): frozenset({StopReason.CANCELLED}),
-    (R, S): frozenset({StopReason.COMPLETED}),
-    (R, F): frozenset(
+    (_Q, _R): frozenset({None}),
+    (_Q, _C): frozenset({StopReason.CANCELLED}),
+    (_R, _S): frozenset({StopReason.COMPLETED}),
+    (_R, _F): frozenset(
         {StopReason.FAILED, StopReason.DEADLINE, StopReason.OUTAGE, StopReason.INTERRUPTED}
     ),
-    (R, C): frozenset({StopReason.CANCELLED}),
+    (_R, _C): frozenset({StopReason.CANCELLED}),
     # Back to the queue: an outage (attempt counted), a graceful stop (attempt given back),
     # a dead replica (attempt counted).
-    (R, Q): frozenset({StopReason.OUTAGE, StopReason.SHUTDOWN, StopReason.INTERRUPTED}),
+    (_R, _Q): frozenset({StopReason.OUTAGE, StopReason.SHUTDOWN, StopReason.INTERRUPTED}),
 }
 
 
@@ -106,6 +106,8 @@ def transition(
     was = JobState(job.state)
     if not allowed(was, to, reason):
         raise IllegalTransition(job.id, was, to, reason)
+    if to in (JobState.FAILED, JobState.CANCELLED) and error is None:
+        raise ValueError(f"job '{job.id}': {to} ({reason}) needs an error that says why")
     now = time.time() if now is None else now
     job.state = to
     if to is JobState.RUNNING:

@@ -126,6 +126,13 @@ def test_every_move_outside_the_table_is_refused_and_changes_nothing() -> None:
                 assert isinstance(refused.value, Conflict) and refused.value.http_status == 409
 
 
+def test_a_job_never_fails_or_is_cancelled_without_a_reason() -> None:
+    job = new_job(state=JobState.RUNNING)
+    with pytest.raises(ValueError, match="needs an error"):
+        transition(job, JobState.FAILED, StopReason.FAILED)
+    assert job.state is JobState.RUNNING
+
+
 def test_a_final_state_is_final() -> None:
     for final in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
         assert not [move for move in TRANSITIONS if move[0] is final]
