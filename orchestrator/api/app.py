@@ -24,10 +24,12 @@ from starlette.requests import ClientDisconnect
 from orchestrator.api.auth import require_api_key
 from orchestrator.api.connections import InFlightLimit
 from orchestrator.api.deps import Service
+from orchestrator.api.documents import job_document
 from orchestrator.api.heygem import result_copy, result_placer
 from orchestrator.api.limits_middleware import BodyLimitMiddleware, BodyLimits, upload_routes
 from orchestrator.api.routes import avatars, easy, health, jobs, metrics
 from orchestrator.api.schemas import ErrorBody, ErrorDetail, error_responses
+from orchestrator.dependencies import Dependencies
 from orchestrator.errors import (
     Backlogged,
     PipelineError,
@@ -41,7 +43,6 @@ from orchestrator.jobs.readiness import TritonGate
 from orchestrator.jobs.retention import Retention
 from orchestrator.jobs.scheduler import Scheduler
 from orchestrator.jobs.store import JobRecord, open_store
-from orchestrator.jobs.views import job_document
 from orchestrator.jobs.webhook import WebhookSender
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.outbound import fetch_policy, guarded_client, webhook_policy
@@ -88,6 +89,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         admission_lock = asyncio.Lock()
         # Jobs and avatar preparation start only while Triton is ready (jobs.readiness).
         gate = TritonGate(engine)
+        dependencies = Dependencies(gate, storage)  # what dispatch asks before a job starts
         avatar_service = Avatars(settings, engine, store, storage, admission_lock, gate)
         stack.push_async_callback(avatar_service.stop)
 
@@ -106,7 +108,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             service_metrics,
             webhooks,
             admission,
-            gate,
+            dependencies,
             on_succeeded=result_placer(settings, storage, io_pool),  # HeyGem's result file
         )
         retention = Retention(

@@ -2,37 +2,28 @@
 contract `/openapi.json` publishes (the fuzz in tests/api/test_fuzz.py holds the server
 to it, and tests/api/test_openapi_docs.py holds docs/api.md to it).
 
-The store keeps states as plain strings; `JobState` and `AvatarState` are the same
-strings as an enum, so the schema lists them (tests/api/test_openapi_docs.py checks the
-two stay equal).
+Job and avatar states are the jobs layer's own enums (orchestrator.jobs.lifecycle), so
+the schema lists exactly the states the store keeps.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.jobs.lifecycle import AvatarState, JobState
 
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class AvatarState(StrEnum):
-    PREPARING = "preparing"
-    READY = "ready"
-    FAILED = "failed"
+__all__ = ["AvatarState", "JobState"]  # re-exported: the routes' query parameters use them
 
 
 class ErrorDetail(BaseModel):
     stage: str = Field(description="the part of the service that refused or failed")
     message: str = Field(description="why, for a human; never empty")
+    retryable: bool = Field(
+        False, description="whether the same request may succeed later, unchanged"
+    )
 
 
 class ErrorBody(BaseModel):

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.errors import Conflict, NotFound, PipelineError, describe
+from orchestrator.jobs.lifecycle import AvatarState
 from orchestrator.jobs.readiness import OUTAGES, TritonGate
-from orchestrator.jobs.store import FAILED, PREPARING, READY, AvatarRecord, JobStore
+from orchestrator.jobs.store import PREPARING, READY, AvatarRecord, JobStore
 from orchestrator.pipeline.avatar_cache import Avatar
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
@@ -148,10 +149,10 @@ class Avatars:
             record.detected_frames = avatar.detected_frames
             record.frames_seen = avatar.frame_count
         except PipelineError as exc:
-            record.state, record.error = FAILED, exc.as_record()
+            record.state, record.error = AvatarState.FAILED, exc.as_record()
         except Exception as exc:  # an untyped fault still ends the avatar with a reason
             log.exception("preparing avatar %s failed", record.id)
-            record.state = FAILED
+            record.state = AvatarState.FAILED
             record.error = {"stage": STAGE, "message": describe(exc)}
         finally:
             self._frames_seen.pop(record.id, None)

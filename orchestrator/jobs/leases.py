@@ -22,15 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+from orchestrator.jobs.lifecycle import JobState, StopReason, transition
 from orchestrator.jobs.store import (
-    CANCELLED,
-    FAILED,
-    QUEUED,
     QUEUED_EVENT,
+    JobError,
     JobProgress,
     JobRecord,
     JobStore,
@@ -126,21 +124,22 @@ class Leases:
 
     async def _settle(self, job: JobRecord, previous: str | None) -> None:
         holder = job.lease_owner or "a previous version"
+        stage = job.stage or STAGE
         if job.cancel_requested:
-            job.state, job.finished_at = CANCELLED, time.time()
-            job.error = {"stage": job.stage or STAGE, "message": "cancelled by the client"}
+            error = JobError(stage, "cancelled by the client")
+            transition(job, JobState.CANCELLED, StopReason.CANCELLED, error)
         elif job.attempts >= self.settings.max_attempts:
-            job.state, job.finished_at = FAILED, time.time()
-            job.error = {
-                "stage": job.stage or STAGE,
-                "message": f"interrupted: the server stopped while the job ran, "
+            error = JobError(
+                stage,
+                f"interrupted: the server stopped while the job ran, "
                 f"{job.attempts} times (DH_MAX_ATTEMPTS={self.settings.max_attempts})",
-            }
+            )
+            transition(job, JobState.FAILED, StopReason.INTERRUPTED, error)
         else:
-            job.state, job.started_at = QUEUED, None
+            transition(job, JobState.QUEUED, StopReason.INTERRUPTED)
         if not await self.store.update_stale(job, previous):
             return  # renewed or settled by another replica meanwhile
-        if job.state == QUEUED:
+        if job.state is JobState.QUEUED:
             log.info("job %s: %s stopped while it ran; queued again", job.id, holder)
             await self.store.notify(QUEUED_EVENT)
             self._on_tick()

@@ -8,27 +8,33 @@ Each test runs on SQLite and on a real PostgreSQL (tests.engines) with its own d
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from orchestrator.jobs.lifecycle import JobState
 from orchestrator.jobs.store import (
     QUEUED,
     RUNNING,
     SUCCEEDED,
     AvatarRecord,
     DuplicateCode,
+    JobError,
     JobProgress,
     JobRecord,
+    JobResult,
     JobStore,
     SqliteStore,
     StoreUnavailable,
 )
 from orchestrator.jobs.store.migrations import LATEST, SQLITE
 from orchestrator.jobs.store.postgres import PostgresStore
+from orchestrator.jobs.store.records import body_json, job_from_row
 from tests.engines import PostgresEngine, postgres  # noqa: F401 (registers the fixture)
 
 ENGINES = ["sqlite", "postgres"]
@@ -78,10 +84,11 @@ async def store(open_store: Opener) -> AsyncIterator[JobStore]:
 async def test_a_job_round_trips_and_survives_a_reopen(open_store: Opener) -> None:
     first = await open_store()
     job = await first.add_job(_job("j1"))
-    job.state, job.stage_seconds, job.error = (
+    job.state, job.stage_seconds, job.error, job.result = (
         SUCCEEDED,
         {"infer": 1.25},
-        {"stage": "x", "message": "y"},
+        JobError("x", "y", retryable=True),
+        JobResult(25, 25.0, 64, 48, 1.0, 0, 0.5, 1234),
     )
     await first.save_job(job)
     await first.close()
@@ -92,6 +99,22 @@ async def test_a_job_round_trips_and_survives_a_reopen(open_store: Opener) -> No
 
     assert loaded == job
     assert loaded is not None and loaded.seq == job.seq > 0
+    assert loaded.state is JobState.SUCCEEDED and isinstance(loaded.result, JobResult)
+
+
+def test_a_row_written_before_typed_errors_loads() -> None:
+    """Old bodies: the state a plain string, an error with no `retryable`, a result with a
+    key this version does not know."""
+    body = {
+        **body_json(_job("j1")),
+        "state": "failed",
+        "error": {"stage": "infer", "message": "model 'lipsync': gone"},
+        "result": {**asdict(JobResult(1, 25.0, 8, 8, 0.04, 0, 0.1, 9)), "later": 1},
+    }
+    job = job_from_row(json.dumps(body), 7, None, 0)
+    assert job.state is JobState.FAILED
+    assert job.error == JobError("infer", "model 'lipsync': gone", retryable=False)
+    assert job.result == JobResult(1, 25.0, 8, 8, 0.04, 0, 0.1, 9)
 
 
 async def test_listing_is_newest_first_filtered_and_paged(store: JobStore) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from orchestrator.api.deps import ServiceDep
+from orchestrator.api.documents import avatar_document
 from orchestrator.api.intake import video_check
 from orchestrator.api.schemas import AvatarDocument, AvatarPage, error_responses
 from orchestrator.api.uploads import receive_form
 from orchestrator.errors import BadInput, NotFound
 from orchestrator.jobs.store import PREPARING, AvatarRecord
-from orchestrator.jobs.views import avatar_document
 
 router = APIRouter(prefix="/v1/avatars", tags=["avatars"])
 STAGE = "avatars"

@@ -35,6 +35,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.api.deps import Service, ServiceDep
+from orchestrator.api.documents import job_links
 from orchestrator.api.fetch import StagedInput, stage_input
 from orchestrator.api.heygem import check_code, input_roots, result_reference
 from orchestrator.api.intake import face_restore_unavailable, submit_job
@@ -54,7 +55,6 @@ from orchestrator.jobs.store import (
     SUCCEEDED,
     JobRecord,
 )
-from orchestrator.jobs.views import job_links
 
 log = logging.getLogger(__name__)
 
@@ -309,11 +309,11 @@ async def query(code: str, service: ServiceDep) -> JSONResponse:
         video_duration=round(job.audio_seconds * MS),
     )
     if job.result:
-        data.width, data.height = job.result["width"], job.result["height"]
+        data.width, data.height = job.result.width, job.result.height
     if job.started_at and job.finished_at:
         data.cost = round((job.finished_at - job.started_at) * MS)
     if job.error:
-        data.error = ErrorData(stage=job.error["stage"], message=job.error["message"])
+        data.error = ErrorData(stage=job.error.stage, message=job.error.message)
     return _answer(SUCCESS, "success", data)
 
 
@@ -355,7 +355,7 @@ def _percent(job: JobRecord, done: int | None, total: int | None) -> int:
 
 def _message(job: JobRecord, live_stage: str | None) -> str:
     if job.error:
-        return f"{job.error['stage']}: {job.error['message']}"
+        return f"{job.error.stage}: {job.error.message}"
     if job.state == SUCCEEDED:
         message = "done"
     elif job.state == QUEUED:

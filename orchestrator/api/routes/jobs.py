@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from orchestrator.api.deps import Service, ServiceDep
+from orchestrator.api.documents import job_document
 from orchestrator.api.intake import (
     audio_check,
     face_restore_unavailable,
@@ -20,7 +21,6 @@ from orchestrator.api.schemas import JobDocument, JobPage, JobState, error_respo
 from orchestrator.api.uploads import receive_form
 from orchestrator.errors import BadInput, Conflict, NotFound
 from orchestrator.jobs.store import ACTIVE_STATES, SUCCEEDED, JobRecord
-from orchestrator.jobs.views import job_document
 from orchestrator.storage.delivery import result_response as s3_result
 from orchestrator.storage.s3 import S3Storage
 
@@ -130,7 +130,7 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
 ) -> JobPage:
     before = _decode_cursor(cursor) if cursor else None
-    jobs = await service.store.list_jobs(state.value if state else None, before, limit + 1)
+    jobs = await service.store.list_jobs(state, before, limit + 1)
     page, more = jobs[:limit], len(jobs) > limit
     return JobPage(
         items=[_document(service, job) for job in page],

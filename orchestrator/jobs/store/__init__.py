@@ -8,6 +8,7 @@ avatar, sequence, lease), the same two tables on both engines.
 
 from __future__ import annotations
 
+from orchestrator.jobs.lifecycle import ACTIVE_STATES, TERMINAL_STATES
 from orchestrator.jobs.store.base import (
     CANCEL_EVENT,
     ENDED_EVENT,
@@ -18,7 +19,6 @@ from orchestrator.jobs.store.base import (
     StoreUnavailable,
 )
 from orchestrator.jobs.store.records import (
-    ACTIVE_STATES,
     AVATAR_STATES,
     CANCELLED,
     FAILED,
@@ -28,11 +28,12 @@ from orchestrator.jobs.store.records import (
     READY,
     RUNNING,
     SUCCEEDED,
-    TERMINAL_STATES,
     Admission,
     AvatarRecord,
+    JobError,
     JobProgress,
     JobRecord,
+    JobResult,
 )
 from orchestrator.jobs.store.sqlite import SqliteStore
 from orchestrator.settings import Settings
@@ -58,8 +59,10 @@ __all__ = [
     "Admission",
     "AvatarRecord",
     "DuplicateCode",
+    "JobError",
     "JobProgress",
     "JobRecord",
+    "JobResult",
     "JobStore",
     "SqliteStore",
     "StoreFull",

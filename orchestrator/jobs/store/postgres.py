@@ -25,6 +25,7 @@ import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
+from orchestrator.jobs.lifecycle import ACTIVE_STATES, TERMINAL_STATES, JobState
 from orchestrator.jobs.store.base import QUEUED_EVENT, STAGE, DuplicateCode, StoreUnavailable
 from orchestrator.jobs.store.migrations import (
     PG_MIGRATION_LOCK,
@@ -33,10 +34,8 @@ from orchestrator.jobs.store.migrations import (
     pending,
 )
 from orchestrator.jobs.store.records import (
-    ACTIVE_STATES,
     JOB_STATES,
     RUNNING,
-    TERMINAL_STATES,
     Admission,
     AvatarRecord,
     JobProgress,
@@ -231,7 +230,7 @@ class PostgresStore:
             (job.state, Jsonb(body_json(job)), job.id),
         )
 
-    async def update_job(self, job: JobRecord, was: str, owner: str | None = None) -> bool:
+    async def update_job(self, job: JobRecord, was: JobState, owner: str | None = None) -> bool:
         query = f"UPDATE jobs {_set_state(job)} WHERE id=%s AND state=%s"
         params: tuple[object, ...] = (job.state, Jsonb(body_json(job)), job.id, was)
         if owner is not None:
@@ -258,7 +257,7 @@ class PostgresStore:
         )
 
     async def list_jobs(
-        self, state: str | None, before_seq: int | None, limit: int
+        self, state: JobState | None, before_seq: int | None, limit: int
     ) -> list[JobRecord]:
         where: list[str] = ["true"]
         params: list[str | int] = []
@@ -272,7 +271,7 @@ class PostgresStore:
             f"WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT %s", (*params, limit)
         )
 
-    async def jobs_in(self, states: tuple[str, ...]) -> list[JobRecord]:
+    async def jobs_in(self, states: tuple[JobState, ...]) -> list[JobRecord]:
         return await self._jobs("WHERE state = ANY(%s) ORDER BY seq", (list(states),))
 
     async def jobs_finished_before(self, when: float, limit: int) -> list[JobRecord]:
@@ -283,7 +282,7 @@ class PostgresStore:
 
     async def count_jobs(self) -> dict[str, int]:
         rows = await self._sql("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-        counts = dict.fromkeys(JOB_STATES, 0)
+        counts: dict[str, int] = dict.fromkeys(JOB_STATES, 0)
         counts.update({state: int(n) for state, n in rows})
         return counts
 

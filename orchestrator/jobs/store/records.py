@@ -1,23 +1,57 @@
-"""What the store keeps: a job and an avatar as records, and the states they go through."""
+"""What the store keeps: a job and an avatar as records, with the job's typed error and
+result. States and the moves between them are orchestrator.jobs.lifecycle's."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-)
-JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-ACTIVE_STATES = (QUEUED, RUNNING)
-TERMINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
-PREPARING, READY = "preparing", "ready"
-AVATAR_STATES = (PREPARING, READY, FAILED)
+from orchestrator.errors import PipelineError
+from orchestrator.jobs.lifecycle import AvatarState, JobState
+
+# The states' names as this module exported them before the enums; same members.
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = JobState
+JOB_STATES = tuple(JobState)
+PREPARING, READY = AvatarState.PREPARING, AvatarState.READY
+AVATAR_STATES = tuple(AvatarState)
+
+
+@dataclass
+class JobError:
+    """Why a job failed, was cancelled, or waits in the queue again."""
+
+    stage: str
+    message: str
+    retryable: bool = False  # whether the same request may succeed later, unchanged
+
+    @classmethod
+    def from_exception(cls, error: PipelineError) -> JobError:
+        return cls(error.stage, error.message, error.retryable)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobError:
+        # Rows written before `retryable` existed load as not retryable.
+        return cls(str(data["stage"]), str(data["message"]), bool(data.get("retryable", False)))
+
+
+@dataclass
+class JobResult:
+    """What a succeeded job produced."""
+
+    frames: int
+    fps: float
+    width: int
+    height: int
+    audio_seconds: float
+    frames_without_face: int
+    wall_seconds: float
+    bytes: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobResult:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -30,7 +64,7 @@ class JobRecord:
     audio_seconds: float
     deadline_s: float
     registered_avatar: bool  # False: a one-off video whose cache goes with the job
-    state: str = QUEUED
+    state: JobState = JobState.QUEUED
     client_code: str | None = None  # HeyGem's `code`, unique when set
     webhook_url: str | None = None
     audio_name: str | None = None  # the inputs as the client named them, for messages
@@ -45,8 +79,8 @@ class JobRecord:
     frames_total: int = 0
     frames_per_second: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    result: dict[str, Any] | None = None
-    error: dict[str, str] | None = None
+    result: JobResult | None = None
+    error: JobError | None = None
     webhook: dict[str, Any] | None = None
     replica: str | None = None  # the replica that started the latest attempt
     seq: int = 0  # insertion order, assigned by the store; the paging cursor
@@ -61,7 +95,7 @@ class AvatarRecord:
     created_at: float
     source_path: str
     source_name: str
-    state: str = PREPARING
+    state: AvatarState = AvatarState.PREPARING
     frames_seen: int = 0
     frames: int | None = None
     fps: float | None = None
@@ -101,7 +135,7 @@ _COLUMN_FIELDS = ("lease_owner", "cancel_requested")
 
 def body_json(record: JobRecord | AvatarRecord) -> dict[str, Any]:
     """The record as the JSON body of its row (without the columns kept beside it)."""
-    body = {f.name: getattr(record, f.name) for f in fields(record)}
+    body = asdict(record)  # JobError and JobResult become plain objects
     for name in _COLUMN_FIELDS:
         body.pop(name, None)
     return body
@@ -112,6 +146,13 @@ def from_body(cls: type[RecordT], body: str | dict[str, Any], seq: int) -> Recor
     known = {f.name for f in fields(cls)} - set(_COLUMN_FIELDS)
     record = cls(**{k: v for k, v in data.items() if k in known})
     record.seq = seq
+    if isinstance(record, JobRecord):
+        record.state = JobState(record.state)
+        error, result = data.get("error"), data.get("result")
+        record.error = None if error is None else JobError.from_json(error)
+        record.result = None if result is None else JobResult.from_json(result)
+    else:
+        record.state = AvatarState(record.state)
     return record
 
 

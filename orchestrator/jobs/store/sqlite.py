@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from orchestrator.blocking import run_blocking
+from orchestrator.jobs.lifecycle import ACTIVE_STATES, TERMINAL_STATES, JobState
 from orchestrator.jobs.store.base import STAGE, DuplicateCode, StoreFull, StoreUnavailable
 from orchestrator.jobs.store.migrations import SCHEMA_VERSION_TABLE, SQLITE, pending
 from orchestrator.jobs.store.records import (
-    ACTIVE_STATES,
     JOB_STATES,
     QUEUED,
     RUNNING,
-    TERMINAL_STATES,
     Admission,
     AvatarRecord,
     JobProgress,
@@ -189,7 +188,7 @@ class SqliteStore:
             (job.state, json.dumps(body_json(job)), job.id),
         )
 
-    async def update_job(self, job: JobRecord, was: str, owner: str | None = None) -> bool:
+    async def update_job(self, job: JobRecord, was: JobState, owner: str | None = None) -> bool:
         query = f"UPDATE jobs {_set_state(job)} WHERE id=? AND state=?"
         params: tuple[object, ...] = (job.state, json.dumps(body_json(job)), job.id, was)
         if owner is not None:
@@ -219,7 +218,7 @@ class SqliteStore:
         )
 
     async def list_jobs(
-        self, state: str | None, before_seq: int | None, limit: int
+        self, state: JobState | None, before_seq: int | None, limit: int
     ) -> list[JobRecord]:
         """Newest first; `before_seq` is the cursor of the previous page."""
         where: list[str] = ["1=1"]
@@ -234,7 +233,7 @@ class SqliteStore:
             f"WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?", (*params, limit)
         )
 
-    async def jobs_in(self, states: tuple[str, ...]) -> list[JobRecord]:
+    async def jobs_in(self, states: tuple[JobState, ...]) -> list[JobRecord]:
         """Oldest first: the order the scheduler starts them in."""
         marks = ",".join("?" * len(states))
         return await self._jobs(f"WHERE state IN ({marks}) ORDER BY seq", states)
@@ -250,7 +249,7 @@ class SqliteStore:
 
     async def count_jobs(self) -> dict[str, int]:
         rows = await self._run(self._sql, "SELECT state, COUNT(*) FROM jobs GROUP BY state")
-        counts = dict.fromkeys(JOB_STATES, 0)
+        counts: dict[str, int] = dict.fromkeys(JOB_STATES, 0)
         counts.update({state: int(n) for state, n in rows})
         return counts
 

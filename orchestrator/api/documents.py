@@ -1,26 +1,26 @@
 """The JSON shape of a job and of an avatar: what GET answers and what a webhook posts.
 
 The shapes are the API's models (orchestrator.api.schemas); this module maps the store's
-records onto them.
+records onto them. It lives in the API layer: the jobs layer never imports the API's.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 from orchestrator.api.schemas import (
     AvatarDocument,
     AvatarLinks,
-    AvatarState,
     ErrorDetail,
     JobDocument,
     JobLinks,
     JobResult,
-    JobState,
     Progress,
     WebhookOutcome,
 )
-from orchestrator.jobs.store import RUNNING, SUCCEEDED, AvatarRecord, JobRecord
+from orchestrator.jobs.lifecycle import JobState
+from orchestrator.jobs.store import AvatarRecord, JobError, JobRecord
 from orchestrator.pipeline.runner import Progress as LiveProgress
 
 
@@ -28,7 +28,9 @@ def _time(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
 
 
-def _error(record: dict[str, str] | None) -> ErrorDetail | None:
+def _error(record: JobError | dict[str, str] | None) -> ErrorDetail | None:
+    if isinstance(record, JobError):
+        return ErrorDetail(stage=record.stage, message=record.message, retryable=record.retryable)
     return None if record is None else ErrorDetail.model_validate(record)
 
 
@@ -38,7 +40,7 @@ def job_links(job_id: str) -> dict[str, str]:
 
 def job_progress(job: JobRecord, live: LiveProgress | None) -> Progress:
     """Frames done and total, frames/s and ETA; live figures while the job runs."""
-    if live is not None and job.state == RUNNING:
+    if live is not None and job.state is JobState.RUNNING:
         eta = live.eta_seconds
         return Progress(
             stage=live.stage,
@@ -49,8 +51,8 @@ def job_progress(job: JobRecord, live: LiveProgress | None) -> Progress:
         )
     # Not rendering here: the row's figures, written by the heartbeat of the replica that
     # renders it, so every replica gives the same answer.
-    remaining: float | None = 0.0 if job.state == SUCCEEDED else None
-    if job.state == RUNNING and job.frames_per_second > 0 and job.frames_total:
+    remaining: float | None = 0.0 if job.state is JobState.SUCCEEDED else None
+    if job.state is JobState.RUNNING and job.frames_per_second > 0 and job.frames_total:
         remaining = round(max(0, job.frames_total - job.frames_done) / job.frames_per_second, 2)
     return Progress(
         stage=job.stage,
@@ -66,7 +68,7 @@ def job_document(job: JobRecord, live: LiveProgress | None = None) -> JobDocumen
     assert created_at is not None
     return JobDocument(
         id=job.id,
-        state=JobState(job.state),
+        state=job.state,
         avatar_id=job.avatar_id if job.registered_avatar else None,
         created_at=created_at,
         started_at=_time(job.started_at),
@@ -76,7 +78,7 @@ def job_document(job: JobRecord, live: LiveProgress | None = None) -> JobDocumen
         deadline_seconds=job.deadline_s,
         progress=job_progress(job, live),
         stage_seconds={k: round(v, 3) for k, v in job.stage_seconds.items()},
-        result=None if job.result is None else JobResult.model_validate(job.result),
+        result=None if job.result is None else JobResult.model_validate(asdict(job.result)),
         error=_error(job.error),
         webhook=WebhookOutcome.model_validate(job.webhook)
         if job.webhook is not None and job.webhook_url
@@ -92,7 +94,7 @@ def avatar_document(avatar: AvatarRecord, frames_decoded: int | None = None) -> 
     assert created_at is not None
     return AvatarDocument(
         id=avatar.id,
-        state=AvatarState(avatar.state),
+        state=avatar.state,
         name=avatar.source_name,
         created_at=created_at,
         finished_at=_time(avatar.finished_at),
