@@ -229,6 +229,7 @@ class FakeEngine:
         *,
         audio_name: str | None = None,
         avatar_name: str | None = None,
+        restore_face: bool = False,
     ) -> Any:
         render = FakeRender()
         self.renders.append(render)
