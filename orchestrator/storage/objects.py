@@ -38,8 +38,6 @@ T = TypeVar("T")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # DeleteObjects takes at most this many keys per request (S3 API reference).
 DELETE_BATCH = 1000
-# The readiness probe must answer quickly whatever the store does: one try, short timeouts.
-PROBE_TIMEOUT_S = 2.0
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 # Transfers in the calling io thread: no extra threads per upload (the pool bounds them).
 _TRANSFER = TransferConfig(use_threads=False)
@@ -124,18 +122,19 @@ class Bucket:
                 **common,
             ),
         )
+        # The readiness probe must answer within the dependency check's deadline whatever
+        # the store does: one try, timeouts of that deadline (so its thread ends with it).
+        probe_timeout_s = settings.dependency_check_timeout_s
         self._probe_client: S3Client = session.client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
             config=Config(
-                connect_timeout=PROBE_TIMEOUT_S,
-                read_timeout=PROBE_TIMEOUT_S,
+                connect_timeout=probe_timeout_s,
+                read_timeout=probe_timeout_s,
                 retries={"mode": "standard", "max_attempts": 1},
                 **common,
             ),
         )
-        # Called with the message of every outage met, so the owner can stop work.
-        self.on_unavailable: Callable[[str], None] = lambda _: None
 
     async def probe(self) -> None:
         """HeadBucket: StorageUnavailable (saying why) unless the bucket answers."""
@@ -289,11 +288,7 @@ class Bucket:
                 # describe(): an upload's error names the local file; only its name shows.
                 raise self._unavailable(what, describe(exc)) from None
 
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
-        except StorageUnavailable as exc:
-            self.on_unavailable(exc.message)
-            raise
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     def _unavailable(self, what: str, reason: str) -> StorageUnavailable:
         return StorageUnavailable(STAGE, f"{self.location}: {what} failed: {reason}")

@@ -96,8 +96,10 @@ class SqliteStore:
             self._db = None
         self._thread.shutdown(wait=True)
 
-    async def problems(self) -> list[str]:
-        return []
+    async def ping(self) -> None:
+        # On the store's own thread: a thread stuck behind a long call is as down as a
+        # lost file, and the caller's deadline says so.
+        await self._run(self._sql, "SELECT 1")
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
