@@ -152,7 +152,7 @@ class HeyGemRoute(APIRoute):
                 return heygem_refusal(status_answer(422, "request", _problems(exc.errors())))
             except Exception as exc:  # still an answer the client can read, naming no path
                 log.exception("unhandled error on %s", request.url.path)
-                return _refusal(exc)
+                return heygem_refusal(error_answer(exc))
 
         return answer_in_heygem_codes
 
