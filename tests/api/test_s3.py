@@ -162,6 +162,8 @@ def test_s3_going_away_fails_readiness_and_submissions_and_loses_no_job(
         assert "object storage" in ready.json()["error"]["message"]
         assert refused.status_code == 503, refused.text
         assert "object storage" in refused.json()["error"]["message"]
+        assert refused.json()["error"]["retryable"] is True
+        assert refused.headers["Retry-After"], "a 503 for an outage says when to retry"
         assert own_s3.secret_key not in ready.text + refused.text
 
         own_s3.start()
