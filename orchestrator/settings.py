@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         10.0, ge=0, description="how long UNAVAILABLE is retried before the call fails"
     )
     triton_max_in_flight: int = Field(8, ge=1, description="requests in flight per client")
+    dependency_check_timeout_s: float = Field(
+        1.5,
+        gt=0,
+        description="deadline of one readiness check of Triton, object storage or the job "
+        "store: a dependency that answers later counts as down (orchestrator/dependencies.py)",
+    )
 
     # Pipeline
     data_dir: Path = Field(

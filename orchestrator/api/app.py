@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from orchestrator.api.answers import error_answer, status_answer, v1_response
 from orchestrator.api.auth import require_api_key
 from orchestrator.api.connections import InFlightLimit
 from orchestrator.api.deps import Service
@@ -28,18 +29,11 @@ from orchestrator.api.documents import job_document
 from orchestrator.api.heygem import result_copy, result_placer
 from orchestrator.api.limits_middleware import BodyLimitMiddleware, BodyLimits, upload_routes
 from orchestrator.api.routes import avatars, easy, health, jobs, metrics
-from orchestrator.api.schemas import ErrorBody, ErrorDetail, error_responses
+from orchestrator.api.schemas import error_responses
 from orchestrator.dependencies import Dependencies
-from orchestrator.errors import (
-    Backlogged,
-    PipelineError,
-    Unauthorized,
-    describe,
-    unwrap,
-)
+from orchestrator.errors import PipelineError
 from orchestrator.jobs.admission import Admission
 from orchestrator.jobs.avatars import Avatars
-from orchestrator.jobs.readiness import TritonGate
 from orchestrator.jobs.retention import Retention
 from orchestrator.jobs.scheduler import Scheduler
 from orchestrator.jobs.store import JobRecord, open_store
@@ -51,7 +45,7 @@ from orchestrator.settings import Settings
 from orchestrator.storage import open_storage
 
 log = logging.getLogger(__name__)
-REQUEST_TIMEOUT, PAYLOAD_TOO_LARGE = 408, 413
+SERVER_ERROR = 500
 # A body that breaks its schema everywhere (deep JSON, thousands of items) would otherwise
 # make a message as long as itself.
 VALIDATION_PROBLEMS_SHOWN = 5
@@ -87,10 +81,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         webhook_http = guarded_client(webhook_policy(settings))
         stack.push_async_callback(webhook_http.aclose)
         admission_lock = asyncio.Lock()
-        # Jobs and avatar preparation start only while Triton is ready (jobs.readiness).
-        gate = TritonGate(engine)
-        dependencies = Dependencies(gate, storage)  # what dispatch asks before a job starts
-        avatar_service = Avatars(settings, engine, store, storage, admission_lock, gate)
+        # Jobs and avatar preparation start only while Triton, object storage and the job
+        # store are up; /readyz answers from the same gate (orchestrator.dependencies).
+        dependencies = Dependencies(engine, storage, store, settings)
+        avatar_service = Avatars(settings, engine, store, storage, admission_lock, dependencies)
         stack.push_async_callback(avatar_service.stop)
 
         async def webhook_document(job: JobRecord) -> dict[str, Any]:
@@ -117,8 +111,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await retention.clean_leftovers()  # before anything prepares avatars or runs jobs
         retention.start()
         stack.push_async_callback(retention.stop)
-        await gate.start()
-        stack.push_async_callback(gate.stop)
+        await dependencies.start()
+        stack.push_async_callback(dependencies.stop)
         await avatar_service.start()
         await scheduler.start()
         stack.push_async_callback(scheduler.stop)
@@ -127,6 +121,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             store=store,
             storage=storage,
             engine=engine,
+            dependencies=dependencies,
             avatars=avatar_service,
             admission=admission,
             scheduler=scheduler,
@@ -171,32 +166,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def http_status(error: PipelineError) -> int:
-    return error.http_status
-
-
-def error_response(status: int, stage: str, message: str, **headers: str) -> JSONResponse:
-    body = ErrorBody(error=ErrorDetail(stage=stage, message=message))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
-
-
 def _add_error_handlers(app: FastAPI) -> None:
+    """Every /v1 error answer goes through orchestrator.api.answers, as /easy's do."""
+
     @app.exception_handler(PipelineError)
     async def pipeline_error(_: Request, error: PipelineError) -> JSONResponse:
-        status = http_status(error)
-        headers = {}
-        if isinstance(error, Backlogged):
-            headers["Retry-After"] = str(error.retry_after_s)
-        if isinstance(error, Unauthorized):
-            headers["WWW-Authenticate"] = "Bearer"
-        if status in (REQUEST_TIMEOUT, PAYLOAD_TOO_LARGE):
-            # The rest of the body is not wanted: closing stops the client sending it
-            # (otherwise the server would keep reading it to reuse the connection, and a
-            # slow client that ignores a 408 would hold the connection on).
-            headers["Connection"] = "close"
-        if status >= 500:
+        answer = error_answer(error)
+        if answer.status >= SERVER_ERROR:
             log.error("%s", error)
-        return error_response(status, error.stage, error.message, **headers)
+        return v1_response(answer)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -207,24 +185,27 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
         if len(errors) > VALIDATION_PROBLEMS_SHOWN:
             problems += f"; and {len(errors) - VALIDATION_PROBLEMS_SHOWN} more"
-        return error_response(422, "request", problems or "the request is not valid")
+        return v1_response(status_answer(422, "request", problems or "the request is not valid"))
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(_: Request, error: ClientDisconnect) -> JSONResponse:
         # Nobody reads this answer; it only keeps a client's hang-up out of the 500s.
         log.info("the client went away before its request was read")
-        return error_response(400, "request", "the client went away before the request was read")
+        return v1_response(
+            status_answer(400, "request", "the client went away before the request was read")
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        return error_response(error.status_code, "http", str(error.detail), **(error.headers or {}))
+        return v1_response(
+            status_answer(error.status_code, "http", str(error.detail), dict(error.headers or {}))
+        )
 
     # Last resort: a bug, never an answer to bad input (tests/api/test_fuzz.py checks that
     # no drawn input gets here). The message names no server paths.
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        typed = unwrap(error, "server")
-        if type(typed) is not PipelineError:  # a condition with a meaning (a full disk)
-            return await pipeline_error(request, typed)
-        log.exception("unhandled error")
-        return error_response(500, "server", describe(error))
+    async def unexpected(_: Request, error: Exception) -> JSONResponse:
+        answer = error_answer(error, "server")
+        if answer.status >= SERVER_ERROR:
+            log.exception("unhandled error")
+        return v1_response(answer)

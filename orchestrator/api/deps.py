@@ -9,6 +9,7 @@ from typing import Annotated
 import httpx
 from fastapi import Depends, Request
 
+from orchestrator.dependencies import Dependencies
 from orchestrator.jobs.admission import Admission
 from orchestrator.jobs.avatars import Avatars
 from orchestrator.jobs.scheduler import Scheduler
@@ -25,6 +26,7 @@ class Service:
     store: JobStore
     storage: Storage
     engine: Engine
+    dependencies: Dependencies  # whether work can start now; /readyz asks it
     avatars: Avatars
     admission: Admission
     scheduler: Scheduler

@@ -8,6 +8,10 @@ result to `temp/<code>-r.mp4` before it reports the task done.
 
 Server-side paths are resolved (symlinks, `..`) and must stay inside an allowed folder:
 HeyGem's (when set) and DH_LOCAL_INPUT_DIR (when set), tried in that order.
+
+HeyGem's answers: always HTTP 200 with one of its codes (orchestrator.api.routes.easy says
+why). A refusal is the shared error answer (orchestrator.api.answers) in that form: the
+code follows the answer's HTTP status, `msg` says whether retrying helps.
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
+from pydantic import BaseModel
+from starlette.responses import JSONResponse
+
+from orchestrator.api.answers import ErrorAnswer
 from orchestrator.blocking import run_blocking
 from orchestrator.errors import BadInput, PipelineError, describe
 from orchestrator.files import atomic_write
@@ -31,6 +40,9 @@ from orchestrator.storage import Storage
 STAGE = "fetch"
 # How much of a client's over-long reference a message repeats.
 SHOWN_CHARS = 200
+# HeyGem's response codes (ResponseCode in its app_local.py).
+SUCCESS, BUSY, BAD_PARAM, NOT_FOUND, SYSTEM_ERROR = 10000, 10001, 10002, 10004, 9999
+TOO_MANY_REQUESTS, UNAUTHORIZED, HTTP_NOT_FOUND = 429, 401, 404
 RESULT_STAGE = "result"
 # Where HeyGem's containers see the data folder (its docker-compose volumes).
 CONTAINER_ROOT = PurePosixPath("/code/data")
@@ -183,3 +195,37 @@ def result_placer(settings: Settings, storage: Storage, pool: Executor) -> Succe
             ) from None
 
     return place
+
+
+def heygem_response(
+    code: int,
+    msg: str,
+    data: BaseModel | dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """An answer in HeyGem's form: always HTTP 200, the outcome in `code`."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(exclude_none=True)
+    body = {"code": code, "success": code == SUCCESS, "msg": msg, "data": data or {}}
+    return JSONResponse(body, headers=headers)
+
+
+def heygem_code(answer: ErrorAnswer) -> int:
+    """HeyGem's code for a refusal, from its HTTP status."""
+    if answer.status == TOO_MANY_REQUESTS:
+        return BUSY
+    if answer.status == HTTP_NOT_FOUND:
+        return NOT_FOUND
+    if answer.status == UNAUTHORIZED:
+        # HeyGem's app sends no key, and none of its codes means "unauthorised": a
+        # system error (it stops the task) whose message says what is missing.
+        return SYSTEM_ERROR
+    if 400 <= answer.status < 500:
+        return BAD_PARAM  # bad input, a reused code, a body over its bound or too slow
+    return SYSTEM_ERROR  # an outage (retryable, and `msg` says so) or a fault
+
+
+def heygem_refusal(answer: ErrorAnswer) -> JSONResponse:
+    """A refusal in HeyGem's form; the detail rides in `data`, headers as /v1 sends them."""
+    data = {"stage": answer.stage, "message": answer.message, "retryable": answer.retryable}
+    return heygem_response(heygem_code(answer), answer.summary, data, answer.headers)

@@ -24,8 +24,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.api.routes.easy import BAD_PARAM
-from orchestrator.api.schemas import ErrorBody, ErrorDetail
+from orchestrator.api.answers import error_answer, v1_response
+from orchestrator.api.heygem import heygem_refusal
 from orchestrator.api.uploads import too_large
 from orchestrator.errors import LimitExceeded
 
@@ -172,12 +172,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 def _refusal(scope: Scope, refusal: LimitExceeded) -> JSONResponse:
-    # The rest of the body is not wanted: closing stops the client sending it.
-    headers = {"Connection": "close"}
+    # The shared error answer (its headers close the connection: the rest of the body is
+    # not wanted), in HeyGem's form under /easy as easy.py's own refusals.
+    answer = error_answer(refusal)
     if scope["path"].startswith(EASY_PREFIX):
-        # As easy.py's own refusals: the detail rides in `data`.
-        message = f"{refusal.stage}: {refusal.message}"
-        body = {"code": BAD_PARAM, "success": False, "msg": message, "data": refusal.as_record()}
-        return JSONResponse(body, headers=headers)
-    error = ErrorBody(error=ErrorDetail(stage=refusal.stage, message=refusal.message))
-    return JSONResponse(error.model_dump(), status_code=refusal.status, headers=headers)
+        return heygem_refusal(answer)
+    return v1_response(answer)

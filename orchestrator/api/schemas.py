@@ -22,7 +22,9 @@ class ErrorDetail(BaseModel):
     stage: str = Field(description="the part of the service that refused or failed")
     message: str = Field(description="why, for a human; never empty")
     retryable: bool = Field(
-        False, description="whether the same request may succeed later, unchanged"
+        False,
+        description="true when the same request can succeed later unchanged (a dependency "
+        "outage, a full backlog: wait for Retry-After); false when it needs changing first",
     )
 
 
@@ -140,7 +142,11 @@ class Readiness(BaseModel):
 
 class NotReady(BaseModel):
     ready: Literal[False]
-    problems: list[str]
+    problems: list[str] = Field(description="'<dependency>: <why>' for every problem")
+    down: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="each dependency that is down (triton, storage, store) and why",
+    )
     error: ErrorDetail
 
 

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.errors import Conflict, NotFound, PipelineError, describe
+from orchestrator.dependencies import Dependencies
+from orchestrator.errors import Conflict, DependencyUnavailable, NotFound, PipelineError, describe
 from orchestrator.jobs.lifecycle import AvatarState
-from orchestrator.jobs.readiness import OUTAGES, TritonGate
 from orchestrator.jobs.store import PREPARING, READY, AvatarRecord, JobStore
 from orchestrator.pipeline.avatar_cache import Avatar
 from orchestrator.pipeline.runner import Engine
@@ -35,10 +35,10 @@ class Avatars:
         store: JobStore,
         storage: Storage,
         admission: asyncio.Lock,
-        gate: TritonGate,
+        dependencies: Dependencies,
     ) -> None:
         self.settings = settings
-        self.gate = gate
+        self.dependencies = dependencies
         # Shared with the scheduler: "is it in use?" and "delete" happen as one step
         # against "does it exist?" and "queue a job" there.
         self.admission = admission
@@ -112,13 +112,13 @@ class Avatars:
     async def _prepare_through_outages(
         self, record: AvatarRecord, on_frame: Callable[[int], None]
     ) -> Avatar:
-        """Prepares once Triton (and object storage) is ready; an outage midway costs an
-        attempt, not the avatar (past DH_MAX_ATTEMPTS it fails with the outage as its
+        """Prepares once every dependency (Triton, object storage, the job store) is up,
+        waiting for all of them at once; an outage midway is reported to the gate and costs
+        an attempt, not the avatar (past DH_MAX_ATTEMPTS it fails with the outage as its
         reason). With object storage, a cache another replica prepared is fetched rather
         than detected again, and a new one is published for the others."""
         for attempt in range(1, self.settings.max_attempts + 1):
-            await self.gate.wait_open()
-            await self.storage.wait_available()
+            await self.dependencies.wait_ready()
             try:
                 async with self._slots:
                     source = Path(record.source_path)
@@ -129,8 +129,8 @@ class Avatars:
                         )
                     await self.storage.publish_avatar(record.id)
                     return avatar
-            except OUTAGES as exc:
-                self.gate.report_outage(exc)
+            except DependencyUnavailable as exc:
+                self.dependencies.report_down(exc)
                 if attempt == self.settings.max_attempts:
                     raise
                 log.warning("avatar %s: %s; prepared again when it is back", record.id, exc)

@@ -119,12 +119,17 @@ class Engine:
         self._served = served
         return served
 
-    async def readiness_problems(self, census: GpuCensus | None = None) -> list[str]:
+    async def readiness_problems(
+        self, census: GpuCensus | None = None, ready_timeout_s: float = 2.0
+    ) -> list[str]:
         """Why this engine should not take jobs now ([] when ready): Triton or a model not
         ready, a model's tensors off contract, or a model on the CPU beside idle GPUs.
-        `census` saves a second NVML probe when the caller has one."""
+        `census` saves a second NVML probe when the caller has one; a refused connection
+        is retried for `ready_timeout_s`."""
         try:
-            served = await load_served_models(self.client, self.settings, ready_timeout_s=2.0)
+            served = await load_served_models(
+                self.client, self.settings, ready_timeout_s=ready_timeout_s
+            )
         except PipelineError as exc:
             return [exc.message]
         if census is None:

@@ -4,12 +4,13 @@
 keeps uploads, prepared avatars and results in an S3-compatible bucket and uses the data
 directory only as scratch. The pipeline reads and writes local files either way: a job's
 inputs are fetched into scratch before it renders (`job_files`), and an avatar source
-before it is prepared (`avatar_source`).
+before it is prepared (`avatar_source`). A result is downloaded through the storage
+(`result_response`), so no route knows the backend; whether the storage can be used now
+is orchestrator.dependencies' question, which it answers with `check()`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,13 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from orchestrator.errors import DependencyUnavailable
 
 if TYPE_CHECKING:
+    from starlette.responses import Response
+
     from orchestrator.jobs.store import JobRecord
 
 STAGE = "storage"
 RESULT_NAME = "result.mp4"
+RESULT_MEDIA_TYPE = "video/mp4"
 # A name from a client is kept only for these characters, to be safe in a path.
 _SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _MAX_SUFFIX = 10
@@ -104,17 +108,17 @@ class Storage(Protocol):
         ...
 
     async def has_result(self, job_id: str) -> bool: ...
-
-    # Health: object storage can go away while the service runs.
-    @property
-    def available(self) -> bool: ...
-    def on_available(self, listener: Callable[[], None]) -> None:
-        """`listener()` runs each time the storage comes back after an outage."""
+    async def result_response(
+        self, job_id: str, range_header: str | None, filename: str
+    ) -> Response:
+        """The answer to a download of the job's result, whichever backend keeps it: the
+        file (Range answered with 206), the object streamed with Range passed through, or
+        a redirect to a presigned URL. NotFound when the result is gone."""
         ...
 
-    async def wait_available(self) -> None: ...
-    async def problems(self) -> list[str]:
-        """Why the storage cannot be used now ([] when it can); for /readyz."""
+    async def check(self) -> None:
+        """Returns if the storage can be used now; StorageUnavailable saying why if not.
+        One quick try (orchestrator.dependencies puts the deadline on it)."""
         ...
 
     def describe(self) -> dict[str, str]:

@@ -1,6 +1,6 @@
-"""Serving a result kept in the bucket: streamed with Range passed through to S3, or a
-redirect (307) to a presigned URL (DH_S3_RESULT_DELIVERY). Local results are served by
-Starlette's FileResponse in the route, as before.
+"""Serving an object kept in the bucket (S3Storage.result_response): streamed with Range
+passed through to S3, or a redirect (307) to a presigned URL (DH_S3_RESULT_DELIVERY).
+LocalStorage answers with Starlette's FileResponse instead.
 
 Range: one range per request (`bytes=a-b`, `bytes=a-`, `bytes=-n`) answers 206 with
 Content-Range; a header that is not a single byte range is ignored (RFC 9110 14.2 lets a
@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from orchestrator.errors import NotFound
-from orchestrator.storage.base import STAGE
-from orchestrator.storage.s3 import S3Storage
+from orchestrator.storage.base import RESULT_MEDIA_TYPE
+from orchestrator.storage.objects import Bucket
 
-MEDIA_TYPE = "video/mp4"
+MEDIA_TYPE = RESULT_MEDIA_TYPE
 CHUNK_BYTES = 1 << 20  # read from S3 and sent to the client this much at a time
 RANGE_NOT_SATISFIABLE = 416
 _SINGLE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -64,14 +63,18 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     return ByteRange(first, min(last, size - 1))
 
 
-async def result_response(
-    storage: S3Storage, job_id: str, range_header: str | None, filename: str
+async def object_response(
+    bucket: Bucket,
+    key: str,
+    size: int,
+    range_header: str | None,
+    filename: str,
+    presigned_for_s: int | None,
 ) -> Response:
-    size = await storage.result_size(job_id)
-    if size is None:
-        raise NotFound(STAGE, f"the result of job '{job_id}' is no longer in the object store")
-    if storage.settings.s3_result_delivery == "redirect":
-        url = await storage.result_url(job_id, filename, MEDIA_TYPE)
+    """The download of the `size`-byte object at `key`: a redirect to a URL presigned for
+    `presigned_for_s` seconds, or (None) the object streamed through this service."""
+    if presigned_for_s is not None:
+        url = await bucket.presign(key, presigned_for_s, filename, MEDIA_TYPE)
         return RedirectResponse(url, status_code=307)
     try:
         wanted = parse_range(range_header, size)
@@ -84,18 +87,18 @@ async def result_response(
         "Content-Disposition": f'attachment; filename="{filename}"',
     }
     if wanted is None:
-        body = await storage.open_result(job_id, None, None)
+        body = await bucket.open_range(key, None, None)
         headers["Content-Length"] = str(size)
         status = 200
     else:
-        body = await storage.open_result(job_id, wanted.first, wanted.last)
+        body = await bucket.open_range(key, wanted.first, wanted.last)
         headers["Content-Length"] = str(wanted.length)
         headers["Content-Range"] = f"bytes {wanted.first}-{wanted.last}/{size}"
         status = 206
 
     async def chunks() -> AsyncIterator[bytes]:
         try:
-            while chunk := await storage.bucket.read_chunk(body, CHUNK_BYTES):
+            while chunk := await bucket.read_chunk(body, CHUNK_BYTES):
                 yield chunk
         finally:
             body.close()

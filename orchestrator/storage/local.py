@@ -16,10 +16,20 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+from starlette.responses import FileResponse, Response
+
 from orchestrator.blocking import run_blocking
+from orchestrator.errors import NotFound
 from orchestrator.files import remove_path, replace_durably
 from orchestrator.pipeline import avatar_cache
-from orchestrator.storage.base import RESULT_NAME, JobFiles, Leftover, LeftoverKind
+from orchestrator.storage.base import (
+    RESULT_MEDIA_TYPE,
+    RESULT_NAME,
+    STAGE,
+    JobFiles,
+    Leftover,
+    LeftoverKind,
+)
 
 if TYPE_CHECKING:
     from orchestrator.jobs.store import JobRecord
@@ -150,18 +160,18 @@ class LocalStorage:
     async def has_result(self, job_id: str) -> bool:
         return await self.in_pool(self.result_path(job_id).is_file)
 
-    @property
-    def available(self) -> bool:
-        return True
+    async def result_response(
+        self, job_id: str, range_header: str | None, filename: str
+    ) -> Response:
+        path = self.result_path(job_id)
+        if not await self.in_pool(path.is_file):
+            raise NotFound(STAGE, f"the result of job '{job_id}' is no longer on this server")
+        # FileResponse answers the request's Range with 206 and Content-Range itself
+        # (Starlette >= 0.39): `range_header` is for backends that must pass it on.
+        return FileResponse(path, media_type=RESULT_MEDIA_TYPE, filename=filename)
 
-    def on_available(self, listener: Callable[[], None]) -> None:
-        return None  # the local disk has no outages to come back from
-
-    async def wait_available(self) -> None:
-        return None
-
-    async def problems(self) -> list[str]:
-        return []
+    async def check(self) -> None:
+        return None  # the local disk: nothing to reach
 
     def describe(self) -> dict[str, str]:
         return {"kind": "local"}

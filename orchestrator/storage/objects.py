@@ -43,8 +43,6 @@ DELETE_BATCH = 1000
 # Backoff of a call retried through an outage (botocore's own 3 attempts come first).
 RETRY_FIRST_PAUSE_S = 0.25
 RETRY_MAX_PAUSE_S = 4.0
-# The readiness probe must answer quickly whatever the store does: one try, short timeouts.
-PROBE_TIMEOUT_S = 2.0
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 # Transfers in the calling io thread: no extra threads per upload (the pool bounds them).
 _TRANSFER = TransferConfig(use_threads=False)
@@ -129,18 +127,19 @@ class Bucket:
                 **common,
             ),
         )
+        # The readiness probe must answer within the dependency check's deadline whatever
+        # the store does: one try, timeouts of that deadline (so its thread ends with it).
+        probe_timeout_s = settings.dependency_check_timeout_s
         self._probe_client: S3Client = session.client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
             config=Config(
-                connect_timeout=PROBE_TIMEOUT_S,
-                read_timeout=PROBE_TIMEOUT_S,
+                connect_timeout=probe_timeout_s,
+                read_timeout=probe_timeout_s,
                 retries={"mode": "standard", "max_attempts": 1},
                 **common,
             ),
         )
-        # Called with the message of every outage met, so the owner can stop work.
-        self.on_unavailable: Callable[[str], None] = lambda _: None
         self.retry_deadline_s = settings.s3_retry_deadline_s
 
     async def probe(self) -> None:
@@ -322,9 +321,9 @@ class Bucket:
         while True:
             try:
                 return await run_blocking(self._pool, call)
-            except StorageUnavailable as exc:
-                # Told at once (no new work starts meanwhile); this call keeps trying.
-                self.on_unavailable(exc.message)
+            except StorageUnavailable:
+                # The job or preparation that made this call reports the outage once it gives
+                # up; the dependency gate's own probe sees it meanwhile.
                 now = loop.time()
                 deadline = now + self.retry_deadline_s if deadline is None else deadline
                 if not retry or now + pause > deadline:

@@ -15,23 +15,25 @@ completion marker last, and a replica that lacks a cache downloads it if the mar
 there, so it sends the detector nothing. The marker lists every file with its size, so a
 half-uploaded or half-deleted cache is never used.
 
-Outages: a call that fails marks the storage unavailable; the dispatcher starts no job
-until a probe (HeadBucket, every RECHECK_S) finds the bucket again. Deleting is best
-effort: a removal that meets an outage is logged and leaves the objects behind.
+Outages: a call that fails raises StorageUnavailable; the work that met it reports it to
+orchestrator.dependencies, which starts nothing until `check()` (HeadBucket) finds the
+bucket again. Deleting is best effort: a removal that meets an outage is logged and
+leaves the objects behind.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import PipelineError
+from starlette.responses import Response
+
+from orchestrator.errors import NotFound, PipelineError
 from orchestrator.pipeline import avatar_cache
 from orchestrator.settings import Settings
 from orchestrator.storage.base import (
@@ -42,18 +44,15 @@ from orchestrator.storage.base import (
     LeftoverKind,
     StorageUnavailable,
 )
+from orchestrator.storage.delivery import object_response
 from orchestrator.storage.local import LocalStorage, remove_path
 from orchestrator.storage.objects import Bucket, MissingObject, S3Location
 
 if TYPE_CHECKING:
-    from botocore.response import StreamingBody
-
     from orchestrator.jobs.store import JobRecord
 
 log = logging.getLogger(__name__)
 AVATAR_MARKER = "complete.json"
-# While the bucket is away, how often it is probed (there is no event to wait for).
-RECHECK_S = 1.0
 
 
 class S3Storage:
@@ -62,16 +61,9 @@ class S3Storage:
         self.local = LocalStorage(settings.data_dir, pool)
         self.bucket = bucket
         self.location = bucket.location
-        bucket.on_unavailable = self._report_down
         # Scratch of jobs this process ran before a crash: every input is in the bucket.
         for leftover in (self.local.root / "jobs").iterdir():
             remove_path(leftover)
-        self._available = True
-        self._back = asyncio.Event()
-        self._back.set()
-        self._listeners: list[Callable[[], None]] = []
-        self._watcher: asyncio.Task[None] | None = None
-        self.problem: str | None = None
 
     @classmethod
     async def open(cls, settings: Settings, pool: Executor) -> S3Storage:
@@ -281,41 +273,33 @@ class S3Storage:
     async def has_result(self, job_id: str) -> bool:
         return await self.result_size(job_id) is not None
 
-    # Results (orchestrator.storage.delivery serves them)
+    # Results
 
     async def result_size(self, job_id: str) -> int | None:
         return await self.bucket.size(self.job_key(job_id, RESULT_NAME))
 
-    async def open_result(self, job_id: str, first: int | None, last: int | None) -> StreamingBody:
-        return await self.bucket.open_range(self.job_key(job_id, RESULT_NAME), first, last)
-
-    async def result_url(self, job_id: str, filename: str, media_type: str) -> str:
-        return await self.bucket.presign(
+    async def result_response(
+        self, job_id: str, range_header: str | None, filename: str
+    ) -> Response:
+        """Streamed with Range passed through to S3, or a redirect to a presigned URL
+        (DH_S3_RESULT_DELIVERY); orchestrator.storage.delivery builds either."""
+        size = await self.result_size(job_id)
+        if size is None:
+            raise NotFound(STAGE, f"the result of job '{job_id}' is no longer in the object store")
+        redirect = self.settings.s3_result_delivery == "redirect"
+        return await object_response(
+            self.bucket,
             self.job_key(job_id, RESULT_NAME),
-            self.settings.s3_presign_expiry_s,
+            size,
+            range_header,
             filename,
-            media_type,
+            self.settings.s3_presign_expiry_s if redirect else None,
         )
 
     # Health
 
-    @property
-    def available(self) -> bool:
-        return self._available
-
-    def on_available(self, listener: Callable[[], None]) -> None:
-        self._listeners.append(listener)
-
-    async def wait_available(self) -> None:
-        await self._back.wait()
-
-    async def problems(self) -> list[str]:
-        try:
-            await self.bucket.probe()
-        except StorageUnavailable as exc:
-            return [exc.message]
-        self._mark_up()
-        return []
+    async def check(self) -> None:
+        await self.bucket.probe()
 
     def describe(self) -> dict[str, str]:
         return {
@@ -326,40 +310,7 @@ class S3Storage:
         }
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
         self.bucket.close()
-
-    def _report_down(self, reason: str) -> None:
-        self.problem = reason
-        if self._available:
-            log.warning("object storage unavailable (%s); no job starts until it is back", reason)
-        self._available = False
-        self._back.clear()
-        if self._watcher is None or self._watcher.done():
-            self._watcher = asyncio.get_running_loop().create_task(
-                self._watch(), name="storage-watch"
-            )
-
-    def _mark_up(self) -> None:
-        if self._available:
-            return
-        log.info("object storage is back; starting queued jobs")
-        self._available, self.problem = True, None
-        self._back.set()
-        for listener in self._listeners:
-            listener()
-
-    async def _watch(self) -> None:
-        while not self._available:
-            # A probe on a schedule: an S3 server sends no event when it comes back.
-            await asyncio.sleep(RECHECK_S)
-            try:
-                await self.bucket.probe()
-            except StorageUnavailable:
-                continue
-            self._mark_up()
 
     async def _fetch_input(self, key: str, local: Path, name: str | None) -> None:
         try:

@@ -4,6 +4,9 @@ Range, an avatar prepared by one replica used by another, and S3 outages."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +24,8 @@ __all__ = ["s3_server"]  # the session fixture, used by the tests below
 DETECTOR = "face_detector"
 # Long enough that S3 can be taken away while the job still needs it.
 OUTAGE_SPEECH_S = 5.0
+# /readyz's own time beyond the dependency deadline (the HTTP round trip, a loaded host).
+READY_SLACK_S = 1.5
 
 
 def _leftovers(server: ApiServer) -> list[str]:
@@ -157,6 +162,8 @@ def test_s3_going_away_fails_readiness_and_submissions_and_loses_no_job(
         assert "object storage" in ready.json()["error"]["message"]
         assert refused.status_code == 503, refused.text
         assert "object storage" in refused.json()["error"]["message"]
+        assert refused.json()["error"]["retryable"] is True
+        assert refused.headers["Retry-After"], "a 503 for an outage says when to retry"
         assert own_s3.secret_key not in ready.text + refused.text
 
         own_s3.start()
@@ -180,3 +187,36 @@ def test_serve_exits_with_one_line_naming_an_unreachable_bucket(
     assert last.startswith("dh: storage: object storage s3://dh-nowhere/dh at"), last
     assert nowhere.endpoint_url in last
     assert nowhere.secret_key not in str(caught.value)
+
+
+def test_a_bucket_that_stops_answering_fails_readiness_within_the_deadline(
+    server_factory: ServerFactory, own_s3: S3Server, tmp_path: Path
+) -> None:
+    """A frozen S3 server accepts connections and never answers: as down as a dead one,
+    and /readyz says so within DH_DEPENDENCY_CHECK_TIMEOUT_S, naming it."""
+    api = server_factory(
+        tmp_path / "data", **own_s3.settings(own_s3.make_bucket()), dependency_check_timeout_s=1
+    )
+    with api.client() as client:
+        assert client.get("/readyz").status_code == 200
+        os.kill(own_s3.pid, signal.SIGSTOP)  # the test's own server, by its PID
+        try:
+            started = time.monotonic()
+            frozen = client.get("/readyz")
+            took = time.monotonic() - started
+        finally:
+            os.kill(own_s3.pid, signal.SIGCONT)
+        poll_until(
+            lambda: client.get("/readyz").status_code,
+            lambda status: status == 200,
+            30.0,
+            "ready again once the bucket answers",
+        )
+
+    assert frozen.status_code == 503, frozen.text
+    assert frozen.headers["Retry-After"]
+    body = frozen.json()
+    assert list(body["down"]) == ["storage"], body
+    assert "object storage" in body["down"]["storage"][0], body
+    assert body["error"]["retryable"] is True
+    assert took < 1 + READY_SLACK_S, f"/readyz took {took:.1f} s with a frozen bucket"

@@ -34,20 +34,22 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from orchestrator.api.answers import error_answer, status_answer
 from orchestrator.api.deps import Service, ServiceDep
 from orchestrator.api.documents import job_links
 from orchestrator.api.fetch import StagedInput, stage_input
-from orchestrator.api.heygem import check_code, input_roots, result_reference
-from orchestrator.api.intake import face_restore_unavailable, submit_job
-from orchestrator.errors import (
-    Backlogged,
-    BadInput,
-    Conflict,
-    LimitExceeded,
-    NotFound,
-    PipelineError,
-    Unauthorized,
+from orchestrator.api.heygem import (
+    NOT_FOUND,
+    SUCCESS,
+    SYSTEM_ERROR,
+    check_code,
+    heygem_refusal,
+    heygem_response,
+    input_roots,
+    result_reference,
 )
+from orchestrator.api.intake import face_restore_unavailable, submit_job
+from orchestrator.errors import BadInput, Conflict, LimitExceeded, PipelineError
 from orchestrator.jobs.store import (
     CANCELLED,
     FAILED,
@@ -58,15 +60,13 @@ from orchestrator.jobs.store import (
 
 log = logging.getLogger(__name__)
 
-# HeyGem's response codes (ResponseCode in its app_local.py).
-SUCCESS, BUSY, BAD_PARAM, NOT_FOUND, SYSTEM_ERROR = 10000, 10001, 10002, 10004, 9999
 # HeyGem's task states in /easy/query.
 RUNNING_STATUS, DONE_STATUS, FAILED_STATUS = 1, 2, 3
 # Progress shown before the frame count is known (decode and avatar stages).
 PREPARING_PERCENT = 5
 MS = 1000
 MAX_JSON_BYTES = 64 * 1024
-PAYLOAD_TOO_LARGE = 413
+SERVER_ERROR = 500
 # chaofen asks for face restoration; where no face_restore model is served it is ignored
 # (HeyGem's own service treats it as best effort too), and the messages say why.
 CHAOFEN_IGNORED = "chaofen ignored"
@@ -96,6 +96,7 @@ class SubmitRequest(BaseModel):
 class ErrorData(BaseModel):
     stage: str
     message: str
+    retryable: bool = Field(False, description="whether the same request can succeed later")
 
 
 class SubmitData(BaseModel):
@@ -132,36 +133,11 @@ class QueryAnswer(BaseModel):
     data: QueryData | ErrorData | dict[str, Any]
 
 
-def _answer(
-    code: int,
-    msg: str,
-    data: BaseModel | dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    if isinstance(data, BaseModel):
-        data = data.model_dump(exclude_none=True)
-    body = {"code": code, "success": code == SUCCESS, "msg": msg, "data": data or {}}
-    return JSONResponse(body, headers=headers)  # always 200: see the module docstring
-
-
-def _refusal(error: PipelineError) -> JSONResponse:
-    detail = ErrorData(stage=error.stage, message=error.message)
-    message = f"{error.stage}: {error.message}"
-    if isinstance(error, Backlogged):
-        return _answer(BUSY, message, detail, {"Retry-After": str(error.retry_after_s)})
-    if isinstance(error, LimitExceeded) and error.status == PAYLOAD_TOO_LARGE:
-        # The rest of the body is not wanted: closing stops the client sending it.
-        return _answer(BAD_PARAM, message, detail, {"Connection": "close"})
-    if isinstance(error, BadInput | Conflict):
-        return _answer(BAD_PARAM, message, detail)
-    if isinstance(error, NotFound):
-        return _answer(NOT_FOUND, message, detail)
-    if isinstance(error, Unauthorized):
-        # HeyGem's app sends no key, and none of its codes means "unauthorised": a
-        # system error (it stops the task) whose message says what is missing.
-        return _answer(SYSTEM_ERROR, message, detail, {"WWW-Authenticate": "Bearer"})
-    log.error("%s", error)
-    return _answer(SYSTEM_ERROR, message, detail)
+def _refusal(error: BaseException) -> JSONResponse:
+    answer = error_answer(error)
+    if answer.status >= SERVER_ERROR:
+        log.error("%s: %s", answer.stage, answer.message)
+    return heygem_refusal(answer)
 
 
 class HeyGemRoute(APIRoute):
@@ -177,10 +153,10 @@ class HeyGemRoute(APIRoute):
             except PipelineError as exc:
                 return _refusal(exc)
             except RequestValidationError as exc:
-                return _answer(BAD_PARAM, f"request: {_problems(exc.errors())}")
-            except Exception as exc:  # still an answer the client can read
+                return heygem_refusal(status_answer(422, "request", _problems(exc.errors())))
+            except Exception as exc:  # still an answer the client can read, naming no path
                 log.exception("unhandled error on %s", request.url.path)
-                return _answer(SYSTEM_ERROR, f"server: {type(exc).__name__}: {exc}")
+                return heygem_refusal(error_answer(exc))
 
         return answer_in_heygem_codes
 
@@ -214,7 +190,9 @@ async def submit(request: Request, service: ServiceDep) -> JSONResponse:
         raise Conflict("request", f"a task with code '{code}' exists already")
     job = await _submit(service, code, wanted)
     message = _with_chaofen_note("success", bool(wanted.chaofen), service)
-    return _answer(SUCCESS, message, SubmitData(code=code, job_id=job.id, links=job_links(job.id)))
+    return heygem_response(
+        SUCCESS, message, SubmitData(code=code, job_id=job.id, links=job_links(job.id))
+    )
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -293,7 +271,7 @@ async def _submit(service: Service, code: str, wanted: SubmitRequest) -> JobReco
 async def query(code: str, service: ServiceDep) -> JSONResponse:
     job = await service.store.job_by_code(code)
     if job is None:
-        return _answer(NOT_FOUND, f"no task with code '{code}'")
+        return heygem_response(NOT_FOUND, f"no task with code '{code}'")
     live = service.scheduler.live_progress(job.id)
     data = QueryData(
         code=code,
@@ -313,8 +291,10 @@ async def query(code: str, service: ServiceDep) -> JSONResponse:
     if job.started_at and job.finished_at:
         data.cost = round((job.finished_at - job.started_at) * MS)
     if job.error:
-        data.error = ErrorData(stage=job.error.stage, message=job.error.message)
-    return _answer(SUCCESS, "success", data)
+        data.error = ErrorData(
+            stage=job.error.stage, message=job.error.message, retryable=job.error.retryable
+        )
+    return heygem_response(SUCCESS, "success", data)
 
 
 @router.api_route(
@@ -324,7 +304,7 @@ async def query(code: str, service: ServiceDep) -> JSONResponse:
 )
 async def elsewhere(rest: str, request: Request) -> JSONResponse:
     """Anything else under /easy (an unknown path, GET on /easy/submit): still HTTP 200."""
-    return _answer(SYSTEM_ERROR, f"request: no route {request.method} /easy/{rest}")
+    return heygem_response(SYSTEM_ERROR, f"request: no route {request.method} /easy/{rest}")
 
 
 def _result(service: Service, job: JobRecord) -> str:

@@ -21,8 +21,6 @@ from orchestrator.api.schemas import JobDocument, JobPage, JobState, error_respo
 from orchestrator.api.uploads import receive_form
 from orchestrator.errors import BadInput, Conflict, NotFound
 from orchestrator.jobs.store import ACTIVE_STATES, SUCCEEDED, JobRecord
-from orchestrator.storage.delivery import result_response as s3_result
-from orchestrator.storage.s3 import S3Storage
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 STAGE = "jobs"
@@ -163,15 +161,10 @@ async def get_result(job_id: str, request: Request, service: ServiceDep) -> Resp
     job = await _job(service, job_id)
     if job.state != SUCCEEDED:
         raise Conflict(STAGE, f"job '{job_id}' is {job.state}; a result exists once it succeeded")
-    if isinstance(service.storage, S3Storage):  # streamed with Range, or a presigned redirect
-        return await s3_result(
-            service.storage, job_id, request.headers.get("range"), f"{job_id}.mp4"
-        )
-    path = service.storage.result_path(job_id)
-    if not path.is_file():
-        raise NotFound(STAGE, f"the result of job '{job_id}' is no longer on this server")
-    # FileResponse answers Range requests with 206 and Content-Range (Starlette >= 0.39).
-    return FileResponse(path, media_type="video/mp4", filename=f"{job_id}.mp4")
+    # The storage answers: the file, the object streamed with Range, or a redirect.
+    return await service.storage.result_response(
+        job_id, request.headers.get("range"), f"{job_id}.mp4"
+    )
 
 
 @router.delete(

@@ -106,8 +106,9 @@ class JobStore(Protocol):
         """The engine and where it is, for messages (never a credential)."""
         ...
 
-    async def problems(self) -> list[str]:
-        """Why the store cannot serve now; empty when it can."""
+    async def ping(self) -> None:
+        """Returns if the store answers now; StoreUnavailable saying why if not. One quick
+        round trip (orchestrator.dependencies puts the deadline on it)."""
         ...
 
     def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:

@@ -165,12 +165,8 @@ class PostgresStore:
         rows = await self._sql(f"SELECT {JOB_COLUMNS} FROM jobs {where}", params)
         return [job_from_row(*row) for row in rows]
 
-    async def problems(self) -> list[str]:
-        try:
-            await self._sql("SELECT 1")
-        except StoreUnavailable as exc:
-            return [exc.message]
-        return []
+    async def ping(self) -> None:
+        await self._sql("SELECT 1")
 
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
