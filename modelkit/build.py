@@ -4,6 +4,7 @@
     python -m modelkit.build --lipsync grey-box    # the old analytic test model
     python -m modelkit.build --lipsync wav2lip-random
     python -m modelkit.build --lipsync checkpoint --wav2lip-checkpoint wav2lip.pth
+    python -m modelkit.build --face-restore gfpgan --gfpgan-checkpoint GFPGANv1.4.pth
 
 An artefact's stamp is a hash of the code that makes it, the files it reads and its
 parameters; a rebuild happens only when that hash changes or the output is gone.
@@ -42,6 +43,8 @@ LIPSYNC_SOURCES = ("reference", "grey-box", "wav2lip-random", "checkpoint")
 WAV2LIP_SEED = 0
 # Wav2Lip-96 is trained on 96-pixel crops; the converter refuses other configs.
 WAV2LIP_FACE_SIZE = 96
+# Optional face restorers, served as `face_restore`; the default build makes none.
+FACE_RESTORE_SOURCES = ("gfpgan",)
 
 
 @dataclass
@@ -153,17 +156,49 @@ def detector_artifact(repository: Path, downloads: Path) -> Artifact:
     )
 
 
+def face_restore_artifact(repository: Path, source: str, checkpoint: Path | None) -> Artifact:
+    if source not in FACE_RESTORE_SOURCES:
+        raise ModelBuildError(
+            f"unknown face restorer '{source}'; one of {', '.join(FACE_RESTORE_SOURCES)}"
+        )
+    if checkpoint is None:
+        raise ModelBuildError("--face-restore gfpgan needs --gfpgan-checkpoint PATH")
+    from modelkit import gfpgan  # torch is only needed for the converted restorers
+
+    return Artifact(
+        name="face_restore-gfpgan-v1.4",
+        out=onnx_path(repository, gfpgan.MODEL_NAME),
+        make=lambda p: gfpgan.export_gfpgan(gfpgan.load_checkpoint(checkpoint), p),
+        code=[gfpgan],
+        files=[checkpoint],
+    )
+
+
+def build_face_restore(
+    repository: Path, source: str, checkpoint: Path | None, stamps: Path, log: Callable[[str], None]
+) -> None:
+    """The face_restore model and then its config, so Triton never sees a config alone."""
+    from modelkit import gfpgan
+
+    build(face_restore_artifact(repository, source, checkpoint), stamps, log=log)
+    write_config(gfpgan.triton_config(), repository / gfpgan.MODEL_NAME)
+
+
 def build_repository(
     repository: Path,
     *,
     lipsync: str = "reference",
     checkpoint: Path | None = None,
+    face_restore: str | None = None,
+    gfpgan_checkpoint: Path | None = None,
     work: Path = Path("build"),
     log: Callable[[str], None] = print,
 ) -> None:
     stamps = work / "stamps"
     build(lipsync_artifact(repository, lipsync, checkpoint), stamps, log=log)
     build(detector_artifact(repository, work / "downloads"), stamps, log=log)
+    if face_restore is not None:
+        build_face_restore(repository, face_restore, gfpgan_checkpoint, stamps, log)
 
 
 def repository_with_wav2lip(source: Path, target: Path, work: Path, model_name: str) -> Path:
@@ -197,12 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("build"), help="downloads and stamps")
     parser.add_argument("--lipsync", choices=LIPSYNC_SOURCES, default="reference")
     parser.add_argument("--wav2lip-checkpoint", type=Path)
+    parser.add_argument("--face-restore", choices=FACE_RESTORE_SOURCES)
+    parser.add_argument("--gfpgan-checkpoint", type=Path, help="GFPGAN v1.4 .pth")
     args = parser.parse_args(argv)
     try:
         build_repository(
             args.repository,
             lipsync=args.lipsync,
             checkpoint=args.wav2lip_checkpoint,
+            face_restore=args.face_restore,
+            gfpgan_checkpoint=args.gfpgan_checkpoint,
             work=args.work,
         )
     except ModelBuildError as exc:
