@@ -194,6 +194,8 @@ def build_repository(
     work: Path = Path("build"),
     log: Callable[[str], None] = print,
 ) -> None:
+    if gfpgan_checkpoint is not None and face_restore is None:
+        raise ModelBuildError("--gfpgan-checkpoint is only read with --face-restore gfpgan")
     stamps = work / "stamps"
     build(lipsync_artifact(repository, lipsync, checkpoint), stamps, log=log)
     build(detector_artifact(repository, work / "downloads"), stamps, log=log)

@@ -47,7 +47,7 @@ MODEL_NAME = "face_restore"
 OPSET = 17
 # Batch of the traced example: above 1 so nothing in the trace can specialise on it.
 EXPORT_BATCH = 2
-# Triton serving: a face is ~87 GFLOPs, so batches stay small and the queue short.
+# Triton serving: a face is ~396 GFLOPs (docs/models.md), so batches stay small.
 MAX_BATCH_SIZE = 8
 PREFERRED_BATCH_SIZES = (4, 8)
 MAX_QUEUE_DELAY_US = 5000

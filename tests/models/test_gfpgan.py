@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional as F
 from tritonclient.grpc import model_config_pb2
 
-from modelkit.build import build_face_restore, face_restore_artifact
+from modelkit.build import build_face_restore, build_repository, face_restore_artifact
 from modelkit.errors import ModelBuildError
 from modelkit.gfpgan import (
     FaceRestorer,
@@ -174,3 +174,10 @@ def test_v14_checkpoint_builds_a_face_restore_model_that_matches_torch(tmp_path:
     faces = _faces(1, 512)
     (restored,) = session.run(["restored"], {"face": faces})
     _assert_same_faces(restored, _torch_restore(model, faces))
+
+
+def test_a_gfpgan_checkpoint_without_face_restore_is_not_silently_ignored(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ModelBuildError, match=re.escape("only read with --face-restore gfpgan")):
+        build_repository(tmp_path, gfpgan_checkpoint=tmp_path / "GFPGANv1.4.pth")
