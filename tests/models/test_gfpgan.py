@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 from tritonclient.grpc import model_config_pb2
 
+from localtriton.launcher import local_triton
 from modelkit.build import build_face_restore, build_repository, face_restore_artifact
 from modelkit.errors import ModelBuildError
 from modelkit.gfpgan import (
@@ -23,9 +24,12 @@ from modelkit.gfpgan import (
     export_gfpgan,
     load_checkpoint,
     random_gfpgan,
+    triton_config,
     weights_of,
 )
-from modelkit.repository import read_config, write_config
+from modelkit.repository import onnx_path, read_config, write_config
+from orchestrator.triton import TritonClient
+from tests.conftest import TRITON_VENV
 
 # The converted graph must give torch's faces to within this, in [0, 1] pixel units; it
 # measured 3.9e-7 (small model) and 8.9e-7 (full size, v1.4 layout) on this machine.
@@ -151,8 +155,6 @@ def _assert_face_restore_contract(config: model_config_pb2.ModelConfig) -> None:
 
 
 def test_written_config_parses_and_has_the_face_restore_contract(tmp_path: Path) -> None:
-    from modelkit.gfpgan import triton_config
-
     write_config(triton_config(), tmp_path / "face_restore")
     _assert_face_restore_contract(read_config(tmp_path / "face_restore"))
 
@@ -181,3 +183,27 @@ def test_a_gfpgan_checkpoint_without_face_restore_is_not_silently_ignored(
 ) -> None:
     with pytest.raises(ModelBuildError, match=re.escape("only read with --face-restore gfpgan")):
         build_repository(tmp_path, gfpgan_checkpoint=tmp_path / "GFPGANv1.4.pth")
+
+
+@pytest.mark.slow
+async def test_triton_serves_a_converted_restorer_under_the_face_restore_contract(
+    tmp_path: Path,
+) -> None:
+    """The written config and graph load in a real Triton, which answers with torch's faces.
+    A small instance keeps the CPU server quick; the config is the same but for S."""
+    model = _trained_like(random_gfpgan(seed=5, **SMALL), seed=6)
+    size = SMALL["out_size"]
+    repository = tmp_path / "model_repository"
+    onnx_path(repository, "face_restore").parent.mkdir(parents=True)
+    export_gfpgan(model, onnx_path(repository, "face_restore"))
+    write_config(triton_config(size), repository / "face_restore")
+    faces = _faces(2, size)
+
+    with local_triton(repository, tmp_path / "triton", TRITON_VENV, log=lambda _: None) as server:
+        async with TritonClient(server.endpoints.grpc_url) as client:
+            spec = await client.model_spec("face_restore")
+            reply = await client.infer("face_restore", {"face": faces}, ["restored"])
+
+    assert {name: t.shape for name, t in spec.inputs.items()} == {"face": (3, size, size)}
+    assert {name: t.shape for name, t in spec.outputs.items()} == {"restored": (3, size, size)}
+    _assert_same_faces(reply["restored"], _torch_restore(model, faces))
