@@ -5,6 +5,7 @@
     python -m modelkit.build --lipsync wav2lip-random
     python -m modelkit.build --lipsync checkpoint --wav2lip-checkpoint wav2lip.pth
     python -m modelkit.build --face-restore unsharp  # adds the analytic face restorer
+    python -m modelkit.build --face-restore gfpgan --gfpgan-checkpoint GFPGANv1.4.pth
 
 An artefact's stamp is a hash of the code that makes it, the files it reads and its
 parameters; a rebuild happens only when that hash changes or the output is gone.
@@ -43,8 +44,9 @@ LIPSYNC_SOURCES = ("reference", "grey-box", "wav2lip-random", "checkpoint")
 WAV2LIP_SEED = 0
 # Wav2Lip-96 is trained on 96-pixel crops; the converter refuses other configs.
 WAV2LIP_FACE_SIZE = 96
-# Optional face restorers (model_repository/face_restore): "unsharp" is analytic.
-FACE_RESTORE_SOURCES = ("unsharp",)
+# Optional face restorers, served as `face_restore`; the default build makes none.
+# "unsharp" is analytic (tests), "gfpgan" converts a GFPGAN v1.4 checkpoint.
+FACE_RESTORE_SOURCES = ("unsharp", "gfpgan")
 # The lipsync config's "composite" parameter per source (orchestrator/pipeline/composite.py):
 # the analytic models change the reference crop exactly, so only the change is blended; a
 # generator redraws the lower face, which replaces the avatar's.
@@ -165,20 +167,48 @@ def detector_artifact(repository: Path, downloads: Path) -> Artifact:
     )
 
 
-def face_restore_artifact(repository: Path, source: str) -> Artifact:
-    """The restorer's model.onnx; its config.pbtxt is written with it (not committed: the
-    model is optional, and its size depends on the source)."""
-    if source != "unsharp":
-        known = ", ".join(FACE_RESTORE_SOURCES)
-        raise ModelBuildError(f"unknown face-restore source '{source}'; one of {known}")
-    model_dir = repository / restore_analytic.MODEL_NAME
-    write_config(restore_analytic.face_restore_config(), model_dir)
+def face_restore_artifact(
+    repository: Path, source: str, checkpoint: Path | None = None
+) -> Artifact:
+    """The restorer's model.onnx (its config.pbtxt is written after it by
+    `build_face_restore`: the model is optional, and its size depends on the source)."""
+    if source not in FACE_RESTORE_SOURCES:
+        raise ModelBuildError(
+            f"unknown face restorer '{source}'; one of {', '.join(FACE_RESTORE_SOURCES)}"
+        )
+    if source == "unsharp":
+        return Artifact(
+            name="face_restore-unsharp",
+            out=onnx_path(repository, restore_analytic.MODEL_NAME),
+            make=restore_analytic.export_unsharp,
+            code=[restore_analytic],
+        )
+    if checkpoint is None:
+        raise ModelBuildError("--face-restore gfpgan needs --gfpgan-checkpoint PATH")
+    from modelkit import gfpgan  # torch is only needed for the converted restorers
+
     return Artifact(
-        name="face_restore-unsharp",
-        out=onnx_path(repository, restore_analytic.MODEL_NAME),
-        make=restore_analytic.export_unsharp,
-        code=[restore_analytic],
+        name="face_restore-gfpgan-v1.4",
+        out=onnx_path(repository, gfpgan.MODEL_NAME),
+        make=lambda p: gfpgan.export_gfpgan(gfpgan.load_checkpoint(checkpoint), p),
+        code=[gfpgan],
+        files=[checkpoint],
     )
+
+
+def build_face_restore(
+    repository: Path, source: str, checkpoint: Path | None, stamps: Path, log: Callable[[str], None]
+) -> None:
+    """The face_restore model and then its config, so Triton never sees a config alone."""
+    build(face_restore_artifact(repository, source, checkpoint), stamps, log=log)
+    if source == "unsharp":
+        write_config(
+            restore_analytic.face_restore_config(), repository / restore_analytic.MODEL_NAME
+        )
+    else:
+        from modelkit import gfpgan
+
+        write_config(gfpgan.triton_config(), repository / gfpgan.MODEL_NAME)
 
 
 def build_repository(
@@ -187,15 +217,18 @@ def build_repository(
     lipsync: str = "reference",
     checkpoint: Path | None = None,
     face_restore: str | None = None,
+    gfpgan_checkpoint: Path | None = None,
     work: Path = Path("build"),
     log: Callable[[str], None] = print,
 ) -> None:
+    if gfpgan_checkpoint is not None and face_restore is None:
+        raise ModelBuildError("--gfpgan-checkpoint is only read with --face-restore gfpgan")
     stamps = work / "stamps"
     build(lipsync_artifact(repository, lipsync, checkpoint), stamps, log=log)
     set_composite_mode(repository / "lipsync", COMPOSITE_MODES[lipsync])
     build(detector_artifact(repository, work / "downloads"), stamps, log=log)
     if face_restore is not None:
-        build(face_restore_artifact(repository, face_restore), stamps, log=log)
+        build_face_restore(repository, face_restore, gfpgan_checkpoint, stamps, log)
 
 
 def set_composite_mode(model_dir: Path, mode: str) -> None:
@@ -241,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lipsync", choices=LIPSYNC_SOURCES, default="reference")
     parser.add_argument("--wav2lip-checkpoint", type=Path)
     parser.add_argument("--face-restore", choices=FACE_RESTORE_SOURCES)
+    parser.add_argument("--gfpgan-checkpoint", type=Path, help="GFPGAN v1.4 .pth")
     args = parser.parse_args(argv)
     try:
         build_repository(
@@ -248,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             lipsync=args.lipsync,
             checkpoint=args.wav2lip_checkpoint,
             face_restore=args.face_restore,
+            gfpgan_checkpoint=args.gfpgan_checkpoint,
             work=args.work,
         )
     except ModelBuildError as exc:

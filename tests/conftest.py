@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from localtriton.launcher import local_triton
-from modelkit.build import build, build_repository, face_restore_artifact, repository_with_wav2lip
+from modelkit.build import build_face_restore, build_repository, repository_with_wav2lip
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient
 from tests.outage import KillableTriton
@@ -105,7 +105,7 @@ def restoring_triton(
     repository = tmp_path_factory.mktemp("restoring_repository")
     for name in ("lipsync", "face_detector"):
         (repository / name).symlink_to((built_models / name).resolve())
-    build(face_restore_artifact(repository, "unsharp"), repository / "stamps", log=lambda _: None)
+    build_face_restore(repository, "unsharp", None, repository / "stamps", log=lambda _: None)
     workdir = tmp_path_factory.mktemp("restoring_triton")
     with local_triton(repository, workdir, TRITON_VENV, log=lambda _: None) as running:
         yield TritonAddress(running.endpoints.grpc_url, running.endpoints.metrics_url)

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import skimage.data
 
 from modelkit import restore_analytic
-from modelkit.build import build, face_restore_artifact
+from modelkit.build import build_face_restore, face_restore_artifact
 from modelkit.repository import read_config
 from orchestrator.contracts import FACE_RESTORE, TensorSpec, check_contract
 
@@ -41,9 +41,8 @@ def test_a_flat_face_is_left_alone_and_an_edge_gets_sharper() -> None:
 
 
 def test_the_build_writes_a_config_on_contract_with_the_model(tmp_path: Path) -> None:
-    artifact = face_restore_artifact(tmp_path, "unsharp")
-    build(artifact, tmp_path / "stamps", log=lambda _: None)
-    assert artifact.out.is_file()
+    build_face_restore(tmp_path, "unsharp", None, tmp_path / "stamps", log=lambda _: None)
+    assert face_restore_artifact(tmp_path, "unsharp").out.is_file()
     config = read_config(tmp_path / "face_restore")
     assert config.max_batch_size >= 1
     tensors = {
