@@ -240,12 +240,25 @@ def build_repository(
     work: Path = Path("build"),
     log: Callable[[str], None] = print,
 ) -> None:
-    stamps = work / "stamps"
-    plan = lipsync_build(repository, lipsync, checkpoint, face_size=face_size)
-    build(plan.artifact, stamps, log=log)
+    build_lipsync(repository, lipsync, checkpoint, face_size=face_size, work=work, log=log)
+    build(detector_artifact(repository, work / "downloads"), work / "stamps", log=log)
+
+
+def build_lipsync(
+    repository: Path,
+    source: str,
+    checkpoint: Path | None = None,
+    *,
+    face_size: int | None = None,
+    work: Path = Path("build"),
+    log: Callable[[str], None] = print,
+) -> LipsyncBuild:
+    """Builds repository/lipsync/1/model.onnx and makes its config.pbtxt match it."""
+    plan = lipsync_build(repository, source, checkpoint, face_size=face_size)
+    build(plan.artifact, work / "stamps", log=log)
     if configure_lipsync(repository / "lipsync", plan.face_size, plan.composite):
         log(f"lipsync: config.pbtxt now serves {plan.face_size} px faces ({plan.composite})")
-    build(detector_artifact(repository, work / "downloads"), stamps, log=log)
+    return plan
 
 
 def repository_with_wav2lip(source: Path, target: Path, work: Path, model_name: str) -> Path:
