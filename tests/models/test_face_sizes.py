@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -18,6 +19,7 @@ from modelkit.repository import input_dims, onnx_path, read_config
 from modelkit.wav2lip import STEP_COUNTER, Wav2Lip, load_checkpoint
 from modelkit.wav2lip_layouts import LAYOUTS, WAV2LIP_96, layout_for_size
 from tests.models.checkpoints import lipsync_repository, save_checkpoint, trained_like
+from tests.models.test_build import MAX_IR_VERSION, MAX_OPSET
 
 # The bound on the converted model's error against torch.
 MAX_ABS_ERROR = 1e-4
@@ -57,9 +59,11 @@ def test_converted_checkpoint_gives_torchs_faces_at_its_size(case: Case, tmp_pat
     assert input_dims(config, "face") == [6, case.face_size, case.face_size]
     assert list(config.output[0].dims) == [3, case.face_size, case.face_size]
     assert config.parameters[COMPOSITE_KEY].string_value == COMPOSITE_REPLACE
-    session = ort.InferenceSession(
-        str(onnx_path(repository, "lipsync")), providers=["CPUExecutionProvider"]
-    )
+    onnx_file = onnx_path(repository, "lipsync")
+    proto = onnx.load(str(onnx_file), load_external_data=False)
+    assert proto.ir_version <= MAX_IR_VERSION, "production's ONNX Runtime reads it"
+    assert all(o.version <= MAX_OPSET for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(case.face_size)
     mel = rng.uniform(-4.0, 4.0, (BATCH, 1, 80, 16)).astype(np.float32)
     face = rng.uniform(0.0, 1.0, (BATCH, 6, case.face_size, case.face_size)).astype(np.float32)
