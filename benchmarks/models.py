@@ -172,7 +172,7 @@ async def measure(
                 params_m=round(parameters_m(onnx_file), 2),
                 gflops_per_frame=round(2 * conv_macs(onnx_file) / 1e9, 2) if static else None,
                 cpu_fps=round(best[name], 2) if static else None,
-                note="" if static else "inputs of no fixed shape: not measured",
+                note="" if static else "inputs not fixed-shape FP32: not measured",
             )
         )
     return figures
