@@ -2,10 +2,16 @@
 
     python -m modelkit.build                       # reference lipsync + S3FD from real weights
     python -m modelkit.build --lipsync grey-box    # the old analytic test model
-    python -m modelkit.build --lipsync wav2lip-random
+    python -m modelkit.build --lipsync wav2lip-random [--face-size 96|192|256|288|384]
     python -m modelkit.build --lipsync checkpoint --wav2lip-checkpoint wav2lip.pth
     python -m modelkit.build --face-restore unsharp  # adds the analytic face restorer
     python -m modelkit.build --face-restore gfpgan --gfpgan-checkpoint GFPGANv1.4.pth
+
+The lipsync model's config.pbtxt is rewritten to match what was built: the face size S in
+its `face`/`pred` dims (the orchestrator reads S from Triton at start-up) and the
+`composite` parameter that tells the orchestrator how to paste the face back ("replace"
+for generators, "delta" for the analytic models). A checkpoint's face size is told by its
+tensors; --face-size only makes the build refuse any other.
 
 An artefact's stamp is a hash of the code that makes it, the files it reads and its
 parameters; a rebuild happens only when that hash changes or the output is gone.
@@ -24,10 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+from tritonclient.grpc import model_config_pb2
 
 from modelkit import reference, restore_analytic, talking
 from modelkit.errors import ModelBuildError
 from modelkit.repository import (
+    CONFIG_NAME,
     ONNX_NAME,
     input_dims,
     model_dirs,
@@ -42,20 +50,19 @@ from modelkit.repository import (
 LIPSYNC_SOURCES = ("reference", "grey-box", "wav2lip-random", "checkpoint")
 # Seed of the random Wav2Lip weights: fixed so that benchmark figures are comparable.
 WAV2LIP_SEED = 0
-# Wav2Lip-96 is trained on 96-pixel crops; the converter refuses other configs.
+# The random architecture's face size unless --face-size says otherwise: Wav2Lip's own.
 WAV2LIP_FACE_SIZE = 96
 # Optional face restorers, served as `face_restore`; the default build makes none.
 # "unsharp" is analytic (tests), "gfpgan" converts a GFPGAN v1.4 checkpoint.
 FACE_RESTORE_SOURCES = ("unsharp", "gfpgan")
-# The lipsync config's "composite" parameter per source (orchestrator/pipeline/composite.py):
-# the analytic models change the reference crop exactly, so only the change is blended; a
-# generator redraws the lower face, which replaces the avatar's.
-COMPOSITE_MODES = {
-    "reference": "delta",
-    "grey-box": "delta",
-    "wav2lip-random": "replace",
-    "checkpoint": "replace",
-}
+# The lipsync config parameter that says how the generated face goes back into the frame:
+# a generator redraws the lower face, so its output replaces the masked region; the
+# analytic models change only a few pixels, so their change is added (docs/models.md).
+COMPOSITE_KEY = "composite"
+COMPOSITE_REPLACE = "replace"
+COMPOSITE_DELTA = "delta"
+# Tensors of the lipsync contract whose last two dims are the face size S.
+FACE_TENSORS = ("face", "pred")
 
 
 @dataclass
@@ -105,53 +112,114 @@ def build(artifact: Artifact, stamps: Path, *, log: Callable[[str], None] = prin
     return True
 
 
-def lipsync_artifact(
-    repository: Path, source: str, checkpoint: Path | None = None, out: Path | None = None
-) -> Artifact:
-    face_size = input_dims(read_config(repository / "lipsync"), "face")[-1]
-    target = out or onnx_path(repository, "lipsync")
-    if source == "reference":
-        return Artifact(
-            name=f"lipsync-talking-{face_size}",
-            out=target,
-            make=lambda p: talking.export_talking(p, face_size),
-            code=[talking],
-            params={"face_size": face_size},
-        )
-    if source == "grey-box":
-        return Artifact(
-            name=f"lipsync-grey-box-{face_size}",
-            out=target,
-            make=lambda p: reference.export_reference(p, face_size),
-            code=[reference],
-            params={"face_size": face_size},
-        )
-    from modelkit import wav2lip  # torch is only needed for the Wav2Lip sources
+@dataclass(frozen=True)
+class LipsyncBuild:
+    """The lipsync artefact and the config it needs: face size S and how to composite."""
 
-    if face_size != WAV2LIP_FACE_SIZE:
-        raise ModelBuildError(
-            f"{repository / 'lipsync' / 'config.pbtxt'}: face is {face_size} px but Wav2Lip-96 "
-            f"needs {WAV2LIP_FACE_SIZE}"
-        )
-    if source == "wav2lip-random":
-        return Artifact(
-            name="lipsync-wav2lip-random",
+    artifact: Artifact
+    face_size: int
+    composite: str
+
+
+def lipsync_build(
+    repository: Path,
+    source: str,
+    checkpoint: Path | None = None,
+    out: Path | None = None,
+    face_size: int | None = None,
+) -> LipsyncBuild:
+    configured = input_dims(read_config(repository / "lipsync"), "face")[-1]
+    target = out or onnx_path(repository, "lipsync")
+    if source in ("reference", "grey-box"):
+        size = face_size or configured
+        module = talking if source == "reference" else reference
+        export = talking.export_talking if source == "reference" else reference.export_reference
+        artifact = Artifact(
+            name=f"lipsync-{'talking' if source == 'reference' else source}-{size}",
             out=target,
-            make=lambda p: wav2lip.export_wav2lip(wav2lip.random_generator(WAV2LIP_SEED), p),
-            code=[wav2lip],
-            params={"seed": WAV2LIP_SEED},
+            make=lambda p: export(p, size),
+            code=[module],
+            params={"face_size": size},
         )
+        return LipsyncBuild(artifact, size, COMPOSITE_DELTA)
+    from modelkit import wav2lip, wav2lip_layouts  # torch is only needed for these sources
+
+    if source == "wav2lip-random":
+        size = face_size or WAV2LIP_FACE_SIZE
+        layout = wav2lip_layouts.layout_for_size(size)
+        artifact = Artifact(
+            name=f"lipsync-{layout.name}-random",
+            out=target,
+            make=lambda p: wav2lip.export_wav2lip(
+                wav2lip.random_generator(WAV2LIP_SEED, layout), p
+            ),
+            code=[wav2lip, wav2lip_layouts],
+            params={"seed": WAV2LIP_SEED, "layout": layout.name},
+        )
+        return LipsyncBuild(artifact, layout.face_size, COMPOSITE_REPLACE)
     if source == "checkpoint":
         if checkpoint is None:
             raise ModelBuildError("--lipsync checkpoint needs --wav2lip-checkpoint PATH")
-        return Artifact(
-            name="lipsync-wav2lip-checkpoint",
+        path = checkpoint
+        # Read once: the layout (hence S, which the config needs now) comes from its tensors.
+        weights = wav2lip.read_generator_weights(path)
+        layout = wav2lip.detect_layout(weights, path, face_size)
+        artifact = Artifact(
+            name=f"lipsync-{layout.name}-checkpoint",
             out=target,
-            make=lambda p: wav2lip.export_wav2lip(wav2lip.load_checkpoint(checkpoint), p),
-            code=[wav2lip],
-            files=[checkpoint],
+            make=lambda p: wav2lip.export_wav2lip(
+                wav2lip.model_from_weights(weights, layout, path), p
+            ),
+            code=[wav2lip, wav2lip_layouts],
+            files=[path],
+            params={"layout": layout.name},
         )
+        return LipsyncBuild(artifact, layout.face_size, COMPOSITE_REPLACE)
     raise ModelBuildError(f"unknown lipsync source '{source}'; one of {', '.join(LIPSYNC_SOURCES)}")
+
+
+def lipsync_artifact(
+    repository: Path,
+    source: str,
+    checkpoint: Path | None = None,
+    out: Path | None = None,
+    face_size: int | None = None,
+) -> Artifact:
+    return lipsync_build(repository, source, checkpoint, out, face_size).artifact
+
+
+def lipsync_config(
+    config: model_config_pb2.ModelConfig, face_size: int, composite: str
+) -> model_config_pb2.ModelConfig:
+    """`config` with the face size S in every face/pred dims (warm-up included) and the
+    composite parameter set; everything else (batching, instances, queue) kept."""
+    updated = model_config_pb2.ModelConfig()
+    updated.CopyFrom(config)
+    for tensor in (*updated.input, *updated.output):
+        if tensor.name in FACE_TENSORS:
+            tensor.dims[-2:] = [face_size, face_size]
+    for warmup in updated.model_warmup:
+        for name, data in warmup.inputs.items():
+            if name in FACE_TENSORS:
+                data.dims[-2:] = [face_size, face_size]
+    updated.parameters[COMPOSITE_KEY].string_value = composite
+    return updated
+
+
+def configure_lipsync(model_dir: Path, face_size: int, composite: str) -> bool:
+    """Rewrites the lipsync config.pbtxt to match the built model; returns whether it
+    changed. An unchanged config is left as it is, comments included."""
+    config = read_config(model_dir)
+    updated = lipsync_config(config, face_size, composite)
+    if updated == config:
+        return False
+    write_config(updated, model_dir)
+    text = (model_dir / CONFIG_NAME).read_text()
+    (model_dir / CONFIG_NAME).write_text(
+        f"# Written by modelkit.build for a {face_size} px lipsync model ({composite}).\n"
+        '# docs/models.md says what each tensor holds.\n' + text
+    )
+    return True
 
 
 def detector_artifact(repository: Path, downloads: Path) -> Artifact:
@@ -218,27 +286,33 @@ def build_repository(
     checkpoint: Path | None = None,
     face_restore: str | None = None,
     gfpgan_checkpoint: Path | None = None,
+    face_size: int | None = None,
     work: Path = Path("build"),
     log: Callable[[str], None] = print,
 ) -> None:
     if gfpgan_checkpoint is not None and face_restore is None:
         raise ModelBuildError("--gfpgan-checkpoint is only read with --face-restore gfpgan")
-    stamps = work / "stamps"
-    build(lipsync_artifact(repository, lipsync, checkpoint), stamps, log=log)
-    set_composite_mode(repository / "lipsync", COMPOSITE_MODES[lipsync])
-    build(detector_artifact(repository, work / "downloads"), stamps, log=log)
+    build_lipsync(repository, lipsync, checkpoint, face_size=face_size, work=work, log=log)
+    build(detector_artifact(repository, work / "downloads"), work / "stamps", log=log)
     if face_restore is not None:
-        build_face_restore(repository, face_restore, gfpgan_checkpoint, stamps, log)
+        build_face_restore(repository, face_restore, gfpgan_checkpoint, work / "stamps", log)
 
 
-def set_composite_mode(model_dir: Path, mode: str) -> None:
-    """Writes the lipsync config's "composite" parameter, only when it differs: the
-    committed config (the reference model's, "delta") keeps its comments."""
-    config = read_config(model_dir)
-    if "composite" in config.parameters and config.parameters["composite"].string_value == mode:
-        return
-    config.parameters["composite"].string_value = mode
-    write_config(config, model_dir)
+def build_lipsync(
+    repository: Path,
+    source: str,
+    checkpoint: Path | None = None,
+    *,
+    face_size: int | None = None,
+    work: Path = Path("build"),
+    log: Callable[[str], None] = print,
+) -> LipsyncBuild:
+    """Builds repository/lipsync/1/model.onnx and makes its config.pbtxt match it."""
+    plan = lipsync_build(repository, source, checkpoint, face_size=face_size)
+    build(plan.artifact, work / "stamps", log=log)
+    if configure_lipsync(repository / "lipsync", plan.face_size, plan.composite):
+        log(f"lipsync: config.pbtxt now serves {plan.face_size} px faces ({plan.composite})")
+    return plan
 
 
 def repository_with_wav2lip(source: Path, target: Path, work: Path, model_name: str) -> Path:
@@ -252,13 +326,12 @@ def repository_with_wav2lip(source: Path, target: Path, work: Path, model_name: 
             link.symlink_to(model_dir.resolve())
     onnx_file = work / "models" / "wav2lip96-random.onnx"
     build(
-        lipsync_artifact(source, "wav2lip-random", out=onnx_file),
+        lipsync_artifact(source, "wav2lip-random", out=onnx_file, face_size=WAV2LIP_FACE_SIZE),
         work / "stamps",
         log=lambda _: None,
     )
-    config = read_config(source / "lipsync")
+    config = lipsync_config(read_config(source / "lipsync"), WAV2LIP_FACE_SIZE, COMPOSITE_REPLACE)
     config.name = model_name
-    config.parameters["composite"].string_value = COMPOSITE_MODES["wav2lip-random"]
     write_config(config, target / model_name)
     version = target / model_name / "1"
     version.mkdir(exist_ok=True)
@@ -275,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wav2lip-checkpoint", type=Path)
     parser.add_argument("--face-restore", choices=FACE_RESTORE_SOURCES)
     parser.add_argument("--gfpgan-checkpoint", type=Path, help="GFPGAN v1.4 .pth")
+    parser.add_argument(
+        "--face-size",
+        type=int,
+        help="face crop side S; a checkpoint's own is read from its tensors (this checks it)",
+    )
     args = parser.parse_args(argv)
     try:
         build_repository(
@@ -283,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint=args.wav2lip_checkpoint,
             face_restore=args.face_restore,
             gfpgan_checkpoint=args.gfpgan_checkpoint,
+            face_size=args.face_size,
             work=args.work,
         )
     except ModelBuildError as exc:

@@ -40,7 +40,7 @@ class ModelContract:
     outputs: tuple[TensorContract, ...]
 
 
-# Wav2Lip's generator contract (DESIGN.md): 80 mel bands x 16 mel frames, a 6-channel face
+# Wav2Lip's generator contract (docs/models.md): 80 mel bands x 16 mel frames, a 6-channel face
 # stack (masked target over reference) of side S, and a 3-channel prediction of side S.
 LIPSYNC = ModelContract(
     inputs=(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # S3FD's reference detector keeps priors scoring above 0.8 and merges those overlapping
-# by more than IoU 0.1 (DESIGN.md, "Known facts").
+# by more than IoU 0.1 (the reference S3FD detector's own settings).
 SCORE_THRESHOLD = 0.8
 IOU_THRESHOLD = 0.1
 

@@ -9,12 +9,12 @@ import onnx
 import pytest
 
 from modelkit.build import (
-    COMPOSITE_MODES,
-    LIPSYNC_SOURCES,
+    COMPOSITE_DELTA,
+    COMPOSITE_REPLACE,
     Artifact,
     build,
+    configure_lipsync,
     lipsync_artifact,
-    set_composite_mode,
 )
 from modelkit.errors import ModelBuildError
 from modelkit.reference import export_reference
@@ -84,14 +84,13 @@ def test_built_models_load_in_the_production_onnx_runtime(built_models: Path) ->
         )
 
 
-def test_the_composite_mode_follows_the_lipsync_source(tmp_path: Path) -> None:
+def test_the_composite_mode_is_written_only_when_it_changes(tmp_path: Path) -> None:
     repository = _repository_copy(tmp_path)
     committed = (repository / "lipsync" / "config.pbtxt").read_bytes()
-    set_composite_mode(repository / "lipsync", COMPOSITE_MODES["reference"])
-    # The committed config is the reference model's: left as it is, comments and all.
+    size = read_config(repository / "lipsync").input[1].dims[-1]
+    # The committed config is the reference model's ("delta"): left as it is, comments and all.
+    assert not configure_lipsync(repository / "lipsync", size, COMPOSITE_DELTA)
     assert (repository / "lipsync" / "config.pbtxt").read_bytes() == committed
-    set_composite_mode(repository / "lipsync", COMPOSITE_MODES["checkpoint"])
+    assert configure_lipsync(repository / "lipsync", size, COMPOSITE_REPLACE)
     config = read_config(repository / "lipsync")
     assert config.parameters["composite"].string_value == "replace"
-    assert COMPOSITE_MODES["grey-box"] == "delta"
-    assert set(COMPOSITE_MODES) == set(LIPSYNC_SOURCES)
