@@ -37,7 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 # Wav2Lip's contract, shared with the grey-box model.
 from modelkit.reference import MEL_BANDS, MEL_FLOOR, MEL_SPAN, MEL_WINDOW, OPSET
 
-# The window of frame i starts at frame i's own time (orchestrator/pipeline/drive.py); its first four
+# The window of frame i starts at frame i's own time (DESIGN.md, "drive"); its first four
 # mel frames (12.5 ms apart) are the sound while the frame is on screen at 25 fps, so the
 # mouth moves with the syllable heard, not with the 200 ms average of the whole window.
 ENERGY_MEL_FRAMES = 4
