@@ -217,7 +217,7 @@ def configure_lipsync(model_dir: Path, face_size: int, composite: str) -> bool:
     text = (model_dir / CONFIG_NAME).read_text()
     (model_dir / CONFIG_NAME).write_text(
         f"# Written by modelkit.build for a {face_size} px lipsync model ({composite}).\n"
-        '# docs/models.md says what each tensor holds.\n' + text
+        "# docs/models.md says what each tensor holds.\n" + text
     )
     return True
 
