@@ -9,8 +9,11 @@ avatar, sequence, lease), the same two tables on both engines.
 from __future__ import annotations
 
 from orchestrator.jobs.store.base import (
+    AVATAR_EVENT,
+    AVATAR_GONE_EVENT,
     CANCEL_EVENT,
     ENDED_EVENT,
+    PREPARED_EVENT,
     QUEUED_EVENT,
     DuplicateCode,
     JobStore,
@@ -40,6 +43,8 @@ DB_NAME = "service.db"  # the SQLite file in the data directory
 
 __all__ = [
     "ACTIVE_STATES",
+    "AVATAR_EVENT",
+    "AVATAR_GONE_EVENT",
     "AVATAR_STATES",
     "CANCELLED",
     "CANCEL_EVENT",
@@ -47,6 +52,7 @@ __all__ = [
     "ENDED_EVENT",
     "FAILED",
     "JOB_STATES",
+    "PREPARED_EVENT",
     "PREPARING",
     "QUEUED",
     "QUEUED_EVENT",
