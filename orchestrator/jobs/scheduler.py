@@ -108,6 +108,7 @@ class Scheduler:
         self._ended: dict[str, asyncio.Event] = {}  # DELETEs waiting on another replica
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._listening = False
         # Started and stopped by the owner (shared with avatar preparation).
         self.gate = gate
         gate.on_open(self._wake.set)
@@ -132,8 +133,15 @@ class Scheduler:
 
     # life cycle
 
+    def listen(self) -> None:
+        """Hears every replica's events (once, however often asked): a replica that only
+        answers HTTP learns that the worker running a job it cancelled has ended it."""
+        if not self._listening:
+            self._listening = True
+            self.store.subscribe(self._on_event)
+
     async def start(self) -> None:
-        self.store.subscribe(self._on_event)
+        self.listen()
         await self.leases.start()
         for state in TERMINAL_STATES:
             for job in await self.store.jobs_in((state,)):

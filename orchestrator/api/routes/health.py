@@ -17,6 +17,7 @@ from orchestrator.api.schemas import (
     Readiness,
     SystemReport,
 )
+from orchestrator.roles import TRITON
 from orchestrator.system import system_report
 from orchestrator.triton import ModelSpec
 
@@ -34,16 +35,20 @@ async def healthz() -> Healthz:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="Triton is ready and every model serves the tensors the pipeline needs",
+    summary="What this role needs is ready: the job store, object storage and (where it "
+    "renders) Triton with every model serving the tensors the pipeline needs",
     responses={503: {"model": NotReady, "description": "not ready, with the reasons"}},
 )
 async def readyz(service: ServiceDep) -> Readiness | JSONResponse:
+    """Checks what this process's role needs: an API replica never waits on Triton."""
     engine = service.engine
-    try:
-        async with asyncio.timeout(READY_PROBE_S):
-            problems = await engine.readiness_problems()
-    except TimeoutError:
-        problems = [f"Triton did not answer within {READY_PROBE_S:g} s"]
+    problems: list[str] = []
+    if TRITON in service.needs:
+        try:
+            async with asyncio.timeout(READY_PROBE_S):
+                problems += await engine.readiness_problems()
+        except TimeoutError:
+            problems.append(f"Triton did not answer within {READY_PROBE_S:g} s")
     try:  # the job store: jobs can be neither taken nor reported without it
         async with asyncio.timeout(READY_PROBE_S):
             problems += await service.store.problems()
@@ -54,19 +59,26 @@ async def readyz(service: ServiceDep) -> Readiness | JSONResponse:
             problems += await service.storage.problems()
     except TimeoutError:
         problems.append(f"object storage did not answer within {READY_PROBE_S:g} s")
+    needs = list(service.needs)
     if problems:
         not_ready = NotReady(
             ready=False,
             problems=problems,
             error=ErrorDetail(stage="readiness", message="; ".join(problems)),
+            role=service.role,
+            needs=needs,
         )
         return JSONResponse(not_ready.model_dump(mode="json"), status_code=503)
+    if TRITON not in service.needs:
+        return Readiness(ready=True, models={}, role=service.role, needs=needs)
     served = engine.served
     lipsync = _serving(served.lipsync)
     lipsync.face_size = served.face_size
     return Readiness(
         ready=True,
         models={served.lipsync.name: lipsync, served.detector.name: _serving(served.detector)},
+        role=service.role,
+        needs=needs,
     )
 
 
