@@ -130,9 +130,9 @@ class Avatars:
         self.store = store
         self.storage = storage
         # "<name>#<incarnation>", as job leases (orchestrator.jobs.leases): a restart takes
-        # back its previous incarnation's preparations at once.
-        self.name = replica_name(settings)
-        self.owner = f"{self.name}#{uuid.uuid4().hex[:8]}"
+        # back its previous incarnation's preparations at once (that one is gone).
+        self.previous = f"{replica_name(settings)}#"
+        self.owner = f"{self.previous}{uuid.uuid4().hex[:8]}"
         self._slots = asyncio.Semaphore(settings.max_preparing_avatars)
         self._tasks: dict[str, asyncio.Task[None]] = {}  # registered avatars prepared here
         # Leases held for jobs rendering here that prepare their video as they go.
@@ -147,7 +147,7 @@ class Avatars:
         """Claims what is waiting to be prepared (a previous incarnation's preparations at
         once), then renews, sweeps and listens in the background."""
         self.store.subscribe(self._on_event)
-        await self._claim_registered(previous=f"{self.name}#")
+        await self._claim_registered()
         self._sweeper = asyncio.create_task(self._sweep(), name="avatar-leases")
 
     async def stop(self) -> None:
@@ -185,7 +185,7 @@ class Avatars:
             changed = self._changed  # taken first: a change during the checks is not missed
             if await self._prepared(avatar_id):
                 return
-            if await self.store.claim_preparation(avatar_id, self.owner, self.settings.lease_s):
+            if await self._claim(avatar_id):
                 self._hold_for_job(avatar_id)
                 return
             if not waiting:
@@ -257,7 +257,7 @@ class Avatars:
             self._kick.clear()
             try:
                 await self._renew()
-                await self._claim_registered(previous=None)
+                await self._claim_registered()
             except (StoreUnavailable, StorageUnavailable) as exc:
                 log.warning("avatar leases: %s", exc.message)
             self._wake_waiters()
@@ -274,15 +274,18 @@ class Avatars:
         for avatar_id in list(self._tasks):
             await self.store.renew_preparation(avatar_id, self.owner, self.settings.lease_s)
 
-    async def _claim_registered(self, previous: str | None) -> None:
+    async def _claim(self, avatar_id: str) -> bool:
+        return await self.store.claim_preparation(
+            avatar_id, self.owner, self.settings.lease_s, self.previous
+        )
+
+    async def _claim_registered(self) -> None:
         for avatar in await self.store.list_avatars():
             if len(self._tasks) >= self.settings.max_preparing_avatars:
                 return  # claimed only with a free slot: an idle replica takes the rest
             if avatar.state != PREPARING or avatar.id in self._tasks:
                 continue
-            if await self.store.claim_preparation(
-                avatar.id, self.owner, self.settings.lease_s, previous
-            ):
+            if await self._claim(avatar.id):
                 log.info("avatar %s: preparing it here", avatar.id)
                 self._spawn(avatar)
 
