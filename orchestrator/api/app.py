@@ -30,7 +30,7 @@ from orchestrator.errors import (
     Unauthorized,
     describe,
 )
-from orchestrator.roles import SERVE, ApiRole, Role, needs, open_core
+from orchestrator.roles import SERVE, ApiRole, Role, WorkerRole, needs, open_core
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,15 @@ def create_app(settings: Settings | None = None, roles: tuple[type[Role], ...] =
     _add_error_handlers(app)
     if ApiRole in roles:
         _mount_api(app)
+        if WorkerRole in roles:
+            # Triton, its models and the GPUs as the renderer sees them: an API replica
+            # alone has none of them (`dh serve` answers it; a worker fleet's Triton
+            # reports its own on :8002).
+            app.include_router(
+                health.system_router,
+                dependencies=[Depends(require_api_key)],
+                responses=error_responses(401, 408, 413),
+            )
     app.add_middleware(
         BodyLimitMiddleware,
         limits=BodyLimits(
@@ -102,7 +111,6 @@ def _mount_api(app: FastAPI) -> None:
     app.include_router(avatars.router, dependencies=protected, responses=keyed)
     app.include_router(jobs.router, dependencies=protected, responses=keyed)
     app.include_router(easy.router, dependencies=protected)
-    app.include_router(health.system_router, dependencies=protected, responses=keyed)
 
 
 def http_status(error: PipelineError) -> int:

@@ -36,6 +36,7 @@ def test_the_api_alone_queues_a_job_and_answers_with_no_worker_and_no_triton(
             "/v1/avatars", files={"video": (avatar_video.name, avatar_video.read_bytes())}
         )
         metrics = client.get("/metrics")
+        system = client.get("/v1/system")
 
     assert ready.status_code == 200, ready.text
     assert ready.json() == {
@@ -50,6 +51,7 @@ def test_the_api_alone_queues_a_job_and_answers_with_no_worker_and_no_triton(
     assert avatar.status_code == 201 and avatar.json()["state"] == "preparing"
     assert 'dh_jobs{state="queued"} 1.0' in metrics.text
     assert "Triton ready" not in api.log(400)
+    assert system.status_code == 404, "Triton and GPUs are the workers' to report"
 
 
 def test_a_worker_alone_answers_its_probes_and_metrics_and_nothing_else(
