@@ -89,7 +89,7 @@ async def open_core(settings: Settings, stack: AsyncExitStack) -> Core:
     admission_lock = asyncio.Lock()
     # Jobs and avatar preparation start only while Triton is ready (jobs.readiness).
     gate = TritonGate(engine)
-    avatars = Avatars(settings, engine, store, storage, gate)
+    avatars = Avatars(settings, engine, store, storage, gate, io_pool)
     stack.push_async_callback(avatars.stop)
     registry = AvatarRegistry(settings, store, storage, admission_lock)
 

@@ -26,6 +26,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor
 from pathlib import Path
 
 from orchestrator.errors import Conflict, NotFound, PipelineError, describe
@@ -123,9 +124,11 @@ class Avatars:
         store: JobStore,
         storage: Storage,
         gate: TritonGate,
+        pool: Executor,
     ) -> None:
         self.settings = settings
         self.gate = gate
+        self.pool = pool  # short blocking reads (a cache's metadata and boxes)
         self.engine = engine
         self.store = store
         self.storage = storage
@@ -198,7 +201,8 @@ class Avatars:
     async def _prepared(self, avatar_id: str) -> bool:
         await self.storage.fetch_avatar(avatar_id)
         cache = self.storage.avatar_cache_dir(avatar_id)
-        return await asyncio.to_thread(load_avatar, cache) is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, load_avatar, cache) is not None
 
     def _hold_for_job(self, avatar_id: str) -> None:
         """The lease stays held while the job (the current task) may still prepare it."""
