@@ -78,7 +78,8 @@ async def prepare(settings: Settings, video: Path) -> None:
     print(json.dumps({**avatar.summary(), "directory": str(avatar.directory)}, indent=2))
 
 
-async def _preflight(settings: Settings) -> None:
+async def _preflight(settings: Settings, needs: tuple[str, ...]) -> None:
+    from orchestrator.dependencies import TRITON
     from orchestrator.jobs.store import open_store
     from orchestrator.storage import check_storage
 
@@ -87,8 +88,9 @@ async def _preflight(settings: Settings) -> None:
     await store.close()
     # Object storage (DH_STORAGE_URL): one line naming the bucket and endpoint, never keys.
     await check_storage(settings)
-    async with Engine(settings):
-        pass
+    if TRITON in needs:  # only a role that renders waits for Triton
+        async with Engine(settings):
+            pass
 
 
 # Largest request line plus headers uvicorn buffers (h11's own default, stated): a client
@@ -96,8 +98,9 @@ async def _preflight(settings: Settings) -> None:
 MAX_HEADER_BYTES = 16 * 1024
 
 
-def serve(settings: Settings) -> None:
-    """The REST service under uvicorn; SIGINT/SIGTERM stop it gracefully."""
+def serve(settings: Settings, verb: str = "serve") -> None:
+    """One role of the service under uvicorn (`verb`: serve, api or worker, see
+    orchestrator.roles); SIGINT/SIGTERM stop it gracefully."""
     import ipaddress
 
     import uvicorn
@@ -105,27 +108,31 @@ def serve(settings: Settings) -> None:
     from orchestrator.api.app import create_app
     from orchestrator.api.connections import bounded_protocol
     from orchestrator.logs import configure_logging
+    from orchestrator.roles import API, SERVE, WORKER, ApiRole, needs
 
-    # First, before anything starts: an open port with no key is anyone's GPU.
+    roles = {"serve": SERVE, "api": API, "worker": WORKER}[verb]
+    # First, before anything starts: an open port with no key is anyone's GPU. (A worker
+    # alone answers only the probes and /metrics, which need no key anywhere.)
     host = settings.host.strip().strip("[]")
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:  # a name other than localhost, or "": not known to stay local
         loopback = False
-    if not (loopback or settings.api_key or settings.trusted_network):
+    if ApiRole in roles and not (loopback or settings.api_key or settings.trusted_network):
         raise BadInput(
-            "serve",
+            verb,
             f"refusing to listen on {settings.host or 'every address'} without an API key: "
             "set DH_API_KEY, or DH_TRUSTED_NETWORK=true if only trusted clients can reach it",
         )
     configure_logging(settings.log_json)
-    # Triton, the models' contracts and the GPU guard are checked before uvicorn starts:
-    # a misconfigured host then fails with one line, not a lifespan traceback.
-    asyncio.run(_preflight(settings))
+    # The store, object storage and (where the role renders) Triton, the models'
+    # contracts and the GPU guard are checked before uvicorn starts: a misconfigured host
+    # then fails with one line, not a lifespan traceback.
+    asyncio.run(_preflight(settings, needs(roles)))
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, roles),
         host=settings.host,
-        port=settings.port,
+        port=settings.worker_port if roles == WORKER else settings.port,
         log_config=None,  # uvicorn's loggers go through the handler configured above
         timeout_keep_alive=settings.keep_alive_s,
         # Silent connections are closed at the head deadline; the concurrency bound counts
@@ -144,7 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--avatar", type=Path, required=True, help="avatar video")
     gen.add_argument("--audio", type=Path, required=True, help="speech track (any format)")
     gen.add_argument("-o", "--output", type=Path, required=True, help="the MP4 to write")
-    sub.add_parser("serve", help="run the REST service (DH_HOST, DH_PORT)")
+    sub.add_parser(
+        "serve", help="run the REST service and render its jobs, one process (DH_HOST, DH_PORT)"
+    )
+    sub.add_parser(
+        "api",
+        help="admit jobs and answer; render nothing (DH_HOST, DH_PORT; workers render)",
+    )
+    sub.add_parser(
+        "worker",
+        help="claim queued jobs and render them, prepare avatars; "
+        "/healthz, /readyz, /metrics on DH_HOST, DH_WORKER_PORT",
+    )
     avatar = sub.add_parser("avatar", help="avatar commands")
     avatar_sub = avatar.add_subparsers(dest="avatar_verb", required=True)
     prep = avatar_sub.add_parser("prepare", help="detect and cache face boxes for a video")
@@ -167,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(generate(settings, args.avatar, args.audio, args.output))
         elif args.verb == "avatar":
             asyncio.run(prepare(settings, args.video))
-        elif args.verb == "serve":
-            serve(settings)
+        elif args.verb in ("serve", "api", "worker"):
+            serve(settings, args.verb)
     except BadInput as exc:
         print(f"dh: {exc}", file=sys.stderr)
         return 2

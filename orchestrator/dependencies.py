@@ -81,10 +81,16 @@ class _State:
 
 class Dependencies:
     def __init__(
-        self, engine: Engine, storage: Storage, store: JobStore, settings: Settings
+        self,
+        engine: Engine,
+        storage: Storage,
+        store: JobStore,
+        settings: Settings,
+        needs: Sequence[str] = (TRITON, STORAGE, STORE),
     ) -> None:
-        """Watches the service's Triton (through `engine`), `storage` and `store`. Call
-        `start()` before asking and `stop()` at shutdown; one per process."""
+        """Watches the service's Triton (through `engine`), `storage` and `store`, those of
+        them this process `needs` (an API replica renders nothing, so it never watches
+        Triton). Call `start()` before asking and `stop()` at shutdown; one per process."""
         timeout_s = settings.dependency_check_timeout_s
 
         async def triton() -> list[str]:
@@ -100,28 +106,24 @@ class Dependencies:
             await store.ping()
             return []
 
-        self._setup(
-            [
-                Dependency(
-                    TRITON,
-                    f"Triton at {engine.client.url}",
-                    triton,
-                    engine.client.connection_changed,
-                    TritonUnavailable,
-                ),
-                Dependency(
-                    STORAGE,
-                    storage_label(storage.describe()),
-                    storage_check,
-                    None,
-                    StorageUnavailable,
-                ),
-                Dependency(
-                    STORE, f"the job store ({store.where})", store_ping, None, StoreUnavailable
-                ),
-            ],
-            timeout_s,
-        )
+        watched = [
+            Dependency(
+                TRITON,
+                f"Triton at {engine.client.url}",
+                triton,
+                engine.client.connection_changed,
+                TritonUnavailable,
+            ),
+            Dependency(
+                STORAGE,
+                storage_label(storage.describe()),
+                storage_check,
+                None,
+                StorageUnavailable,
+            ),
+            Dependency(STORE, f"the job store ({store.where})", store_ping, None, StoreUnavailable),
+        ]
+        self._setup([d for d in watched if d.name in needs], timeout_s)
 
     @classmethod
     def watching(cls, dependencies: Sequence[Dependency], check_timeout_s: float) -> Dependencies:

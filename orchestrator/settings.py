@@ -142,8 +142,14 @@ class Settings(BaseSettings):
     )
 
     # Service (REST API, job store, scheduler)
-    host: str = Field("127.0.0.1", description="address `dh serve` binds to")
-    port: int = Field(8080, ge=0, le=65535, description="port `dh serve` binds to")
+    host: str = Field("127.0.0.1", description="address `dh serve`, `dh api`, `dh worker` bind to")
+    port: int = Field(8080, ge=0, le=65535, description="port `dh serve` and `dh api` bind to")
+    worker_port: int = Field(
+        8081,
+        ge=0,
+        le=65535,
+        description="port of `dh worker`'s probe server (/healthz, /readyz, /metrics only)",
+    )
     api_key: str | None = Field(
         None, description="Bearer key every route needs except /healthz, /readyz, /metrics"
     )

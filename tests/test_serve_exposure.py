@@ -20,7 +20,9 @@ NO_TRITON = "127.0.0.1:1"
 RUN_TIMEOUT_S = 60
 
 
-def _serve(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+def _serve(
+    tmp_path: Path, verb: str = "serve", **settings: str
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DH_")}
     env.update(
         DH_DATA_DIR=str(tmp_path / "data"),
@@ -30,7 +32,7 @@ def _serve(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
         **{f"DH_{name.upper()}": value for name, value in settings.items()},
     )
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "serve"],
+        [sys.executable, "-m", "orchestrator.cli", verb],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -64,5 +66,20 @@ def test_a_key_a_loopback_address_or_a_trusted_network_get_past_the_check(
     tmp_path: Path, settings: dict[str, str]
 ) -> None:
     done = _serve(tmp_path, **settings)
+    assert REFUSAL not in done.stderr
+    assert "Triton" in done.stderr and done.returncode == 1, done.stderr
+
+
+def test_dh_api_is_refused_on_a_public_address_without_a_key_like_dh_serve(
+    tmp_path: Path,
+) -> None:
+    done = _serve(tmp_path, verb="api", host="0.0.0.0")
+    assert done.returncode == 2, done.stderr
+    assert REFUSAL in done.stderr and done.stderr.startswith("dh: api: "), done.stderr
+
+
+def test_dh_worker_needs_no_key_it_answers_only_probes_and_metrics(tmp_path: Path) -> None:
+    # Past the exposure check it stops where a renderer must: Triton is not there.
+    done = _serve(tmp_path, verb="worker", host="0.0.0.0")
     assert REFUSAL not in done.stderr
     assert "Triton" in done.stderr and done.returncode == 1, done.stderr

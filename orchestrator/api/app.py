@@ -1,19 +1,17 @@
-"""The FastAPI application: `create_app(settings)`; its lifespan owns every resource.
+"""The FastAPI application: `create_app(settings, roles)`; its lifespan owns every resource.
 
-Start-up opens the store, starts the Engine (waits for Triton and checks both models'
-contracts: a mismatch stops the server with a clear message rather than failing jobs
-later), recovers jobs and avatars left by the previous process, and starts the
-scheduler. Shutdown stops in the reverse order; running jobs go back to the queue.
+Start-up opens the shared core (store, object storage, metrics: orchestrator.roles), then
+starts each role the command asked for: the API answers; a worker starts the Engine (waits
+for Triton and checks both models' contracts: a mismatch stops it with a clear message
+rather than failing jobs later), prepares avatars and starts the scheduler. Shutdown
+stops in the reverse order; running jobs go back to the queue.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,24 +23,12 @@ from orchestrator.api.answers import error_answer, status_answer, v1_response
 from orchestrator.api.auth import require_api_key
 from orchestrator.api.connections import InFlightLimit
 from orchestrator.api.deps import Service
-from orchestrator.api.documents import job_document
-from orchestrator.api.heygem import result_copy, result_placer
 from orchestrator.api.limits_middleware import BodyLimitMiddleware, BodyLimits, upload_routes
 from orchestrator.api.routes import avatars, easy, health, jobs, metrics
 from orchestrator.api.schemas import error_responses
-from orchestrator.dependencies import Dependencies
 from orchestrator.errors import PipelineError
-from orchestrator.jobs.admission import Admission
-from orchestrator.jobs.avatars import Avatars
-from orchestrator.jobs.retention import Retention
-from orchestrator.jobs.scheduler import Scheduler
-from orchestrator.jobs.store import JobRecord, open_store
-from orchestrator.jobs.webhook import WebhookSender
-from orchestrator.metrics import ServiceMetrics
-from orchestrator.outbound import fetch_policy, guarded_client, webhook_policy
-from orchestrator.pipeline.runner import Engine
+from orchestrator.roles import SERVE, ApiRole, Role, WorkerRole, needs, open_core
 from orchestrator.settings import Settings
-from orchestrator.storage import open_storage
 
 log = logging.getLogger(__name__)
 SERVER_ERROR = 500
@@ -54,86 +40,33 @@ VALIDATION_PROBLEMS_SHOWN = 5
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    roles: tuple[type[Role], ...] = app.state.roles
     async with AsyncExitStack() as stack:
-        io_pool = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="dh-io")
-        stack.callback(io_pool.shutdown, wait=True, cancel_futures=True)
-        # SQLite in the data directory, or the PostgreSQL that DH_DATABASE_URL names.
-        store = await open_store(settings)
-        stack.push_async_callback(store.close)
-        # The data directory, or the S3 bucket DH_STORAGE_URL names (checked: HeadBucket).
-        storage = await open_storage(settings, io_pool)
-        stack.push_async_callback(storage.close)
-        service_metrics = ServiceMetrics()
-        stack.callback(service_metrics.close)
-        engine = Engine(settings)
-        stack.push_async_callback(engine.close)
-        engine.client.observer = service_metrics
-        served = await engine.start()
-        log.info(
-            "Triton ready: %s (face %d px) and %s",
-            served.lipsync.name,
-            served.face_size,
-            served.detector.name,
-        )
-        # Input fetches and webhooks each connect only where their own rule allows.
-        http = guarded_client(fetch_policy(settings))
-        stack.push_async_callback(http.aclose)
-        webhook_http = guarded_client(webhook_policy(settings))
-        stack.push_async_callback(webhook_http.aclose)
-        admission_lock = asyncio.Lock()
-        # Jobs and avatar preparation start only while Triton, object storage and the job
-        # store are up; /readyz answers from the same gate (orchestrator.dependencies).
-        dependencies = Dependencies(engine, storage, store, settings)
-        avatar_service = Avatars(settings, engine, store, storage, admission_lock, dependencies)
-        stack.push_async_callback(avatar_service.stop)
-
-        async def webhook_document(job: JobRecord) -> dict[str, Any]:
-            return job_document(job, None).model_dump(mode="json")
-
-        webhooks = WebhookSender(settings, store, webhook_http, webhook_document)
-        stack.push_async_callback(webhooks.stop)
-        admission = Admission(settings, store, storage, admission_lock)
-        scheduler = Scheduler(
-            settings,
-            engine,
-            store,
-            storage,
-            avatar_service,
-            service_metrics,
-            webhooks,
-            admission,
-            dependencies,
-            on_succeeded=result_placer(settings, storage, io_pool),  # HeyGem's result file
-        )
-        retention = Retention(
-            settings, store, storage, service_metrics, result_copy=result_copy(settings)
-        )
-        await retention.clean_leftovers()  # before anything prepares avatars or runs jobs
-        retention.start()
-        stack.push_async_callback(retention.stop)
-        await dependencies.start()
-        stack.push_async_callback(dependencies.stop)
-        await avatar_service.start()
-        await scheduler.start()
-        stack.push_async_callback(scheduler.stop)
+        core = await open_core(settings, stack, roles)
+        for role in roles:
+            await role.start(core, stack)
         app.state.service = Service(
             settings=settings,
-            store=store,
-            storage=storage,
-            engine=engine,
-            dependencies=dependencies,
-            avatars=avatar_service,
-            admission=admission,
-            scheduler=scheduler,
-            metrics=service_metrics,
-            io_pool=io_pool,
-            http=http,
+            store=core.store,
+            storage=core.storage,
+            engine=core.engine,
+            dependencies=core.dependencies,
+            avatars=core.registry,
+            admission=core.admission,
+            scheduler=core.scheduler,
+            metrics=core.metrics,
+            io_pool=core.io_pool,
+            http=core.http,
+            role="+".join(role.name for role in roles),
+            needs=needs(roles),
         )
-        log.info("serving; data in %s", settings.data_dir)
+        log.info("%s; data in %s", " and ".join(role.name for role in roles), settings.data_dir)
         yield
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, roles: tuple[type[Role], ...] = SERVE) -> FastAPI:
+    """The service's application for `roles` (the command picks them): with the API, every
+    route; a worker alone answers only /healthz, /readyz and /metrics."""
     settings = settings or Settings()
     app = FastAPI(
         title="Digital human",
@@ -142,17 +75,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.settings = settings
-    protected = [Depends(require_api_key)]
+    app.state.roles = roles
     # Any route: the body bounds of limits_middleware; protected ones: the API key.
     bounded = error_responses(408, 413)
-    keyed = error_responses(401, 408, 413)
     app.include_router(health.router, responses=bounded)
     app.include_router(metrics.router, responses=bounded)
-    app.include_router(avatars.router, dependencies=protected, responses=keyed)
-    app.include_router(jobs.router, dependencies=protected, responses=keyed)
-    app.include_router(easy.router, dependencies=protected)
-    app.include_router(health.system_router, dependencies=protected, responses=keyed)
     _add_error_handlers(app)
+    if ApiRole in roles:
+        _mount_api(app)
+        if WorkerRole in roles:
+            # Triton, its models and the GPUs as the renderer sees them: an API replica
+            # alone has none of them (`dh serve` answers it; a worker fleet's Triton
+            # reports its own on :8002).
+            app.include_router(
+                health.system_router,
+                dependencies=[Depends(require_api_key)],
+                responses=error_responses(401, 408, 413),
+            )
     app.add_middleware(
         BodyLimitMiddleware,
         limits=BodyLimits(
@@ -164,6 +103,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost: a request refused for load costs no other middleware's work.
     app.add_middleware(InFlightLimit, limit=settings.max_connections)
     return app
+
+
+def _mount_api(app: FastAPI) -> None:
+    protected = [Depends(require_api_key)]
+    keyed = error_responses(401, 408, 413)
+    app.include_router(avatars.router, dependencies=protected, responses=keyed)
+    app.include_router(jobs.router, dependencies=protected, responses=keyed)
+    app.include_router(easy.router, dependencies=protected)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

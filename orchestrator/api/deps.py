@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 
 from orchestrator.dependencies import Dependencies
 from orchestrator.jobs.admission import Admission
-from orchestrator.jobs.avatars import Avatars
+from orchestrator.jobs.avatars import AvatarRegistry
 from orchestrator.jobs.scheduler import Scheduler
 from orchestrator.jobs.store import JobStore
 from orchestrator.metrics import ServiceMetrics
@@ -27,12 +27,14 @@ class Service:
     storage: Storage
     engine: Engine
     dependencies: Dependencies  # whether work can start now; /readyz asks it
-    avatars: Avatars
+    avatars: AvatarRegistry
     admission: Admission
     scheduler: Scheduler
     metrics: ServiceMetrics
     io_pool: ThreadPoolExecutor  # upload writes, hashing, probing: short blocking calls
     http: httpx.AsyncClient  # input fetches and webhooks
+    role: str  # "api", "worker" or "api+worker" (`dh serve`)
+    needs: tuple[str, ...]  # what this process needs to do its work: /readyz checks these
 
 
 async def get_service(request: Request) -> Service:

@@ -137,7 +137,13 @@ class ModelServing(BaseModel):
 
 class Readiness(BaseModel):
     ready: Literal[True]
-    models: dict[str, ModelServing]
+    models: dict[str, ModelServing] = Field(
+        description="how each model is served; empty where this process renders nothing"
+    )
+    role: str | None = Field(None, description='"api", "worker" or "api+worker" (dh serve)')
+    needs: list[str] = Field(
+        default_factory=list, description="what this role needs: triton, store, storage"
+    )
 
 
 class NotReady(BaseModel):
@@ -148,6 +154,8 @@ class NotReady(BaseModel):
         description="each dependency that is down (triton, storage, store) and why",
     )
     error: ErrorDetail
+    role: str | None = None
+    needs: list[str] = Field(default_factory=list)
 
 
 class GpuReport(BaseModel):

@@ -79,6 +79,7 @@ class Scheduler:
         admission.on_queued(self._queued)
         self._running: dict[str, RunningJob] = {}
         self._ended: dict[str, asyncio.Event] = {}  # DELETEs waiting on another replica
+        self._listening = False
         self.leases = Leases(
             settings,
             store,
@@ -103,8 +104,15 @@ class Scheduler:
 
     # life cycle
 
+    def listen(self) -> None:
+        """Hears every replica's events (once, however often asked): a replica that only
+        answers HTTP learns that the worker running a job it cancelled has ended it."""
+        if not self._listening:
+            self._listening = True
+            self.store.subscribe(self._on_event)
+
     async def start(self) -> None:
-        self.store.subscribe(self._on_event)
+        self.listen()
         await self.leases.start()
         for state in TERMINAL_STATES:
             for job in await self.store.jobs_in((state,)):

@@ -102,7 +102,7 @@ def server_factory(
     """Starts servers (each with the avatar cache seeded); stops them all at the end."""
     started: list[ApiServer] = []
 
-    def start(data_dir: Path | None = None, **settings: object) -> ApiServer:
+    def start(data_dir: Path | None = None, role: str = "serve", **settings: object) -> ApiServer:
         data_dir = data_dir or tmp_path_factory.mktemp("server-data")
         seeded = data_dir / "avatars" / avatar_cache.name
         if not seeded.exists():
@@ -115,7 +115,8 @@ def server_factory(
                 **BASE_SETTINGS,
                 **settings,
             },
-            log_path=data_dir.parent / f"{data_dir.name}-server.log",
+            log_path=data_dir.parent / f"{data_dir.name}-{role}.log",
+            role=role,
         )
         started.append(server)
         return server.start()

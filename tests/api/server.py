@@ -1,4 +1,5 @@
-"""A real `dh serve` in a subprocess on a free 127.0.0.1 port, and HTTP helpers for tests.
+"""A real `dh serve` (or `dh api`, `dh worker`: `role`) in a subprocess on a free
+127.0.0.1 port, and HTTP helpers for tests.
 
 The server gets its settings only through DH_* variables built here (the parent's DH_*
 are dropped), dies with the test process (parent-death signal), and is stopped by its
@@ -55,6 +56,7 @@ class ApiServer:
     log_path: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    role: str = "serve"  # the `dh` command: serve, api or worker
 
     @property
     def base_url(self) -> str:
@@ -68,6 +70,7 @@ class ApiServer:
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DH_")}
         env.update({"DH_HOST": "127.0.0.1", "DH_PORT": str(self.port)})
+        env["DH_WORKER_PORT"] = str(self.port)  # the probe server of `dh worker`
         env["PYTHONFAULTHANDLER"] = "1"  # a crash in native code leaves Python stacks
         env["DH_DATA_DIR"] = str(self.data_dir)
         env.update({f"DH_{k.upper()}": _env_value(v) for k, v in self.settings.items()})
@@ -76,7 +79,7 @@ class ApiServer:
     def start(self) -> ApiServer:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "serve"],
+            [sys.executable, "-m", "orchestrator.cli", self.role],
             cwd=REPO,
             env=self.environment(),
             stdout=log,
@@ -89,7 +92,7 @@ class ApiServer:
             while True:
                 if self.process.poll() is not None:
                     raise RuntimeError(
-                        f"dh serve exited ({self.process.returncode}):\n{self.log()}"
+                        f"dh {self.role} exited ({self.process.returncode}):\n{self.log()}"
                     )
                 try:
                     if probe.get("/healthz").status_code == 200:
@@ -98,7 +101,9 @@ class ApiServer:
                     pass  # not listening yet
                 if time.monotonic() > deadline:
                     self.kill()
-                    raise RuntimeError(f"dh serve not up in {START_DEADLINE_S} s:\n{self.log()}")
+                    raise RuntimeError(
+                        f"dh {self.role} not up in {START_DEADLINE_S} s:\n{self.log()}"
+                    )
                 time.sleep(POLL_S)
 
     def stop(self) -> int | None:

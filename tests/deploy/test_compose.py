@@ -229,7 +229,8 @@ FLEET_SECRETS = {
     "DH_S3_SECRET_ACCESS_KEY": "s3-secret",
 }
 FLEET_SETTINGS = ("DH_DATABASE_URL", "DH_STORAGE_URL", "DH_S3_ENDPOINT_URL", "DH_S3_REGION")
-REPLICAS = ("orchestrator", "orchestrator-2")
+# The roles: `orchestrator` runs `dh api` in the fleet, `worker` runs `dh worker`.
+ROLES = {"orchestrator": "api", "worker": "worker"}
 
 
 def _merge(base: Any, override: Any) -> Any:
@@ -277,20 +278,23 @@ def test_the_default_stack_is_untouched_by_the_fleet(
     env = services["orchestrator"]["environment"]
     assert not {"DH_DATABASE_URL", "DH_STORAGE_URL"} & set(env)
     assert "docker-compose.fleet.yml" not in COMPOSE_FILE.read_text()
+    assert "command" not in services["orchestrator"], "the image's `dh serve`"
     assert set(raw_fleet["services"]) == {
         "orchestrator",
-        "orchestrator-2",
+        "worker",
         "postgres",
         "minio",
         "minio-bucket",
     }
 
 
-def test_fleet_runs_two_orchestrators_on_postgres_and_minio(fleet: dict[str, Any]) -> None:
+def test_fleet_runs_the_api_and_workers_on_postgres_and_minio(fleet: dict[str, Any]) -> None:
     services = fleet["services"]
     postgres = services["postgres"]["environment"]
-    for name in REPLICAS:
-        env = services[name]["environment"]
+    for name, role in ROLES.items():
+        service = services[name]
+        assert service["command"] == [role]
+        env = service["environment"]
         assert env["DH_DATABASE_URL"] == (
             f"postgresql://{postgres['POSTGRES_USER']}:{FLEET_SECRETS['POSTGRES_PASSWORD']}"
             f"@postgres:5432/{postgres['POSTGRES_DB']}"
@@ -303,17 +307,24 @@ def test_fleet_runs_two_orchestrators_on_postgres_and_minio(fleet: dict[str, Any
             == (services["minio"]["environment"]["MINIO_ROOT_PASSWORD"])
         )
         assert env["DH_TRITON_URL"] == "triton:8001"
-        assert _depends(services[name], "triton") == "service_healthy"
-        assert _depends(services[name], "postgres") == "service_healthy"
-        assert _depends(services[name], "minio-bucket") == "service_completed_successfully"
-    first, second = (services[name] for name in REPLICAS)
-    # One service in two copies: the same image, settings and GPUs ...
-    for key in ("build", "image", "env_file", "environment", "deploy", "stop_grace_period"):
-        assert first[key] == second[key], f"the replicas differ in {key}"
-    # ... on their own port and scratch volume.
-    assert {p.rsplit(":", 1)[-1] for p in first["ports"] + second["ports"]} == {"8080"}
-    assert first["ports"] != second["ports"]
-    assert _volume_mounts(first) != _volume_mounts(second)
+        assert _depends(service, "postgres") == "service_healthy"
+        assert _depends(service, "minio-bucket") == "service_completed_successfully"
+    api, worker = services["orchestrator"], services["worker"]
+    # The API is the one-host orchestrator moved onto the engines: same port, same key.
+    assert {p.rsplit(":", 1)[-1] for p in api["ports"]} == {"8080"}
+    # Workers render through Triton, on the same image and GPUs, scaled on their own:
+    # nothing published (so `--scale worker=N` never clashes), no shared scratch volume.
+    assert _depends(worker, "triton") == "service_healthy"
+    for key in ("build", "image", "env_file"):
+        assert api[key] == worker[key], f"the roles differ in {key}"
+    assert worker["deploy"]["resources"] == api["deploy"]["resources"]
+    assert worker["deploy"]["replicas"] >= 2
+    assert "ports" not in worker and "container_name" not in worker
+    assert not _volume_mounts(worker)
+    assert worker["stop_grace_period"] == api["stop_grace_period"]
+    # Its health check asks the worker's own port (the image's asks DH_PORT).
+    port = str(worker["environment"]["DH_WORKER_PORT"])
+    assert port == "8081" and "DH_WORKER_PORT" in " ".join(worker["healthcheck"]["test"])
 
 
 def test_fleet_bucket_is_made_before_the_replicas_start(fleet: dict[str, Any]) -> None:
@@ -364,7 +375,7 @@ def test_env_example_documents_every_fleet_variable() -> None:
 
 def test_fleet_settings_are_real_orchestrator_settings(fleet: dict[str, Any]) -> None:
     known = {f"DH_{name.upper()}" for name in Settings.model_fields}
-    for name in REPLICAS:
+    for name in ROLES:
         unknown = sorted(set(fleet["services"][name]["environment"]) - known)
         assert not unknown, f"{name}: not settings of orchestrator/settings.py: {unknown}"
     shown = set(re.findall(r"^# ?(DH_[A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M))

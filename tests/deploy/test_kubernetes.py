@@ -18,6 +18,8 @@ import pytest
 import yaml
 
 from orchestrator.api.app import create_app
+from orchestrator.metrics import ServiceMetrics
+from orchestrator.roles import API, WORKER
 from orchestrator.settings import Settings
 from orchestrator.triton_url import parse_triton_url
 from tests.deploy.conftest import COMPOSE_FILE, REPO
@@ -126,7 +128,7 @@ def test_the_validator_really_rejects_a_broken_manifest(base: list[dict[str, Any
 def test_service_monitors_select_the_metrics_services_by_named_port() -> None:
     documents = _built(KUBERNETES / "monitoring")
     monitors = [d for d in documents if d["kind"] == "ServiceMonitor"]
-    assert {m["metadata"]["name"] for m in monitors} == {"triton", "orchestrator"}
+    assert {m["metadata"]["name"] for m in monitors} == {"triton", "api", "worker"}
     services = [d for d in documents if d["kind"] == "Service"]
     for monitor in monitors:
         assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
@@ -142,7 +144,7 @@ def test_service_monitors_select_the_metrics_services_by_named_port() -> None:
 
 def test_services_and_budgets_select_the_pods_they_mean(base: list[dict[str, Any]]) -> None:
     deployments = {d["metadata"]["name"]: d for d in base if d["kind"] == "Deployment"}
-    assert set(deployments) == {"triton", "orchestrator"}
+    assert set(deployments) == {"triton", "api", "worker"}
     for deployment in deployments.values():
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert _selects(selector, _pod_labels(deployment))
@@ -161,7 +163,8 @@ def test_services_and_budgets_select_the_pods_they_mean(base: list[dict[str, Any
                 for port in document["spec"]["ports"]:
                     assert port["targetPort"] in names, f"no container port {port['targetPort']}"
     budgets = {d["metadata"]["name"]: d["spec"] for d in base if d["kind"] == "PodDisruptionBudget"}
-    assert budgets["orchestrator"]["minAvailable"] == 1
+    assert budgets["api"]["minAvailable"] == 1
+    assert budgets["worker"]["maxUnavailable"] == 1
     assert budgets["triton"]["maxUnavailable"] == 1
 
 
@@ -205,10 +208,17 @@ def test_the_headless_service_is_what_the_orchestrators_dial(base: list[dict[str
     assert metrics.path == "/metrics"
 
 
-def test_the_orchestrator_runs_two_replicas_on_real_settings(base: list[dict[str, Any]]) -> None:
-    deployment = _one(base, "Deployment", "orchestrator")
+# Each role's Deployment, the `dh` command it runs and the port setting it listens on.
+ROLES = {"api": ("api", "DH_PORT", "http"), "worker": ("worker", "DH_WORKER_PORT", "probes")}
+
+
+@pytest.mark.parametrize("name", ROLES)
+def test_each_role_runs_its_command_on_real_settings(base: list[dict[str, Any]], name: str) -> None:
+    command, port_setting, port_name = ROLES[name]
+    deployment = _one(base, "Deployment", name)
     assert deployment["spec"]["replicas"] == 2
-    container = _container(deployment, "orchestrator")
+    container = _container(deployment, name)
+    assert container["args"] == [command]
     sources = {next(iter(s)): next(iter(s.values()))["name"] for s in container["envFrom"]}
     config = _one(base, "ConfigMap", sources["configMapRef"])["data"]
     assert sources["secretRef"] == "digital-human-secrets"
@@ -226,19 +236,59 @@ def test_the_orchestrator_runs_two_replicas_on_real_settings(base: list[dict[str
     assert not secret_names & set(config)
     assert config["DH_HOST"] == "0.0.0.0"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert int(config["DH_PORT"]) == ports["http"]
+    assert ports == {port_name: int(config[port_setting])}
+    # The API holds no GPU and the workers none either: Triton's pods have them.
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
 
 
-def test_orchestrator_probes_hit_the_paths_the_service_answers(
-    base: list[dict[str, Any]], tmp_path: Path
+@pytest.mark.parametrize("name", ROLES)
+def test_each_roles_probes_hit_the_paths_its_server_answers(
+    base: list[dict[str, Any]], tmp_path: Path, name: str
 ) -> None:
-    container = _container(_one(base, "Deployment", "orchestrator"), "orchestrator")
+    command, _, port_name = ROLES[name]
+    container = _container(_one(base, "Deployment", name), name)
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
-    app = create_app(Settings(data_dir=tmp_path))
-    # The API's own contract: every path it serves is in its OpenAPI document.
-    assert {"/readyz", "/healthz", "/metrics"} <= set(app.openapi()["paths"])
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] == port_name
+    app = create_app(Settings(data_dir=tmp_path), {"api": API, "worker": WORKER}[command])
+    # Each server's own contract: every path it serves is in its OpenAPI document.
+    paths = set(app.openapi()["paths"])
+    assert {"/readyz", "/healthz", "/metrics"} <= paths
+    if command == "worker":
+        assert paths == {"/readyz", "/healthz", "/metrics"}, "a worker answers nothing else"
+    else:
+        assert "/v1/jobs" in paths
+
+
+def test_the_workers_scale_on_the_fleets_backlog_and_the_api_on_cpu(
+    base: list[dict[str, Any]],
+) -> None:
+    adapter = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]
+    (external,) = adapter["external"]
+    worker = _one(base, "HorizontalPodAutoscaler", "worker")["spec"]
+    assert worker["scaleTargetRef"]["name"] == "worker"
+    (metric,) = worker["metrics"]
+    assert metric["type"] == "External"
+    assert metric["external"]["metric"]["name"] == external["name"]["as"]
+    # Built from a metric every replica really exports (the fleet-wide backlog).
+    series = external["seriesQuery"].split("{")[0]
+    assert external["name"]["matches"] == f"^{series}$"
+    metrics = ServiceMetrics()
+    try:
+        assert series in exported_names(metrics.render().decode())
+    finally:
+        metrics.close()
+    assert 1 <= worker["minReplicas"] < worker["maxReplicas"]
+    api = _one(base, "HorizontalPodAutoscaler", "api")["spec"]
+    assert api["scaleTargetRef"]["name"] == "api"
+    (metric,) = api["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    # Utilization is a share of the request: the API's pods must request CPU.
+    container = _container(_one(base, "Deployment", "api"), "api")
+    assert container["resources"]["requests"]["cpu"]
+    assert api["minReplicas"] >= 2, "one API replica may be drained (disruption budget)"
 
 
 def test_triton_probes_and_autoscaling_metric_are_real_on_a_live_triton(

@@ -121,7 +121,12 @@ def _scrape_targets() -> dict[str, tuple[str, list[str]]]:
     return {
         job["job_name"]: (
             job.get("metrics_path", "/metrics"),
-            [t for static in job["static_configs"] for t in static["targets"]],
+            [t for static in job.get("static_configs", []) for t in static["targets"]]
+            + [
+                f"{name}:{dns['port']}"
+                for dns in job.get("dns_sd_configs", [])
+                for name in dns["names"]
+            ],
         )
         for job in config["scrape_configs"]
     }
@@ -134,6 +139,10 @@ def test_prometheus_scrapes_triton_and_the_orchestrator(services: dict[str, Any]
     # The targets are compose services listening on those container ports.
     assert "8002:8002" in " ".join(services["triton"]["ports"])
     assert services["orchestrator"]["environment"]["DH_PORT"] == 8080
+    # The fleet's workers, every copy of the scaled service, on their own port.
+    fleet = yaml.safe_load((REPO / "docker-compose.fleet.yml").read_text())["services"]
+    port = fleet["worker"]["environment"]["DH_WORKER_PORT"]
+    assert targets["worker"] == ("/metrics", [f"worker:{port}"])
 
 
 def test_grafana_provisions_the_datasource_every_panel_uses(dashboard: dict[str, Any]) -> None:

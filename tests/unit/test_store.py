@@ -372,3 +372,38 @@ async def test_an_exclusive_lock_has_one_holder_across_replicas(open_store: Open
     finally:
         await first.close()
         await second.close()
+
+
+async def test_two_replicas_claiming_one_videos_preparation_at_once_get_it_once(
+    open_store: Opener,
+) -> None:
+    first, second = await open_store(), await open_store()
+
+    async def claim(store: JobStore, owner: str) -> list[bool]:
+        return [await store.claim_preparation(f"v{i}", owner, lease_s=30) for i in range(20)]
+
+    by_a, by_b = await asyncio.gather(claim(first, "a#1"), claim(second, "b#1"))
+    again = await first.claim_preparation("v0", "a#1" if by_a[0] else "b#1", lease_s=30)
+    await first.close()
+    await second.close()
+
+    assert [a != b for a, b in zip(by_a, by_b, strict=True)] == [True] * 20, (by_a, by_b)
+    assert again, "the holder may claim its own lease again"
+
+
+async def test_a_preparation_lease_is_renewed_by_its_holder_and_free_once_released_or_expired(
+    store: JobStore,
+) -> None:
+    assert await store.claim_preparation("v1", "a#1", lease_s=30)
+    assert await store.renew_preparation("v1", "a#1", lease_s=30)
+    assert not await store.renew_preparation("v1", "b#1", lease_s=30)
+    assert not await store.claim_preparation("v1", "b#1", lease_s=30)
+    await store.release_preparation("v1", "b#1")  # not its lease: nothing happens
+    assert not await store.claim_preparation("v1", "b#1", lease_s=30)
+    await store.release_preparation("v1", "a#1")
+    assert await store.claim_preparation("v1", "b#1", lease_s=0.01)  # expires at once
+    await asyncio.sleep(0.05)  # let the short lease lapse (a duration, not a state wait)
+    assert not await store.renew_preparation("v1", "c#1", lease_s=30)
+    assert await store.claim_preparation("v1", "c#1", lease_s=30)
+    # A restarted replica takes back its previous incarnation's lease at once.
+    assert await store.claim_preparation("v1", "c#2", lease_s=30, previous="c#")

@@ -16,6 +16,7 @@ from orchestrator.api.schemas import (
     Readiness,
     SystemReport,
 )
+from orchestrator.dependencies import TRITON
 from orchestrator.system import system_report
 from orchestrator.triton import ModelSpec
 
@@ -32,14 +33,16 @@ async def healthz() -> Healthz:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="Triton, object storage and the job store are up, and every model serves the "
-    "tensors the pipeline needs",
+    summary="What this role needs is up: the job store, object storage and (where it "
+    "renders) Triton with every model serving the tensors the pipeline needs",
     responses={503: {"model": NotReady, "description": "not ready: which dependency and why"}},
 )
 async def readyz(service: ServiceDep) -> Readiness | JSONResponse:
-    # The gate checks every dependency now, each within DH_DEPENDENCY_CHECK_TIMEOUT_S, so
-    # this answers quickly whatever a dependency does; the GPU guard is part of Triton's.
+    # The gate watches what this role needs (an API replica never waits on Triton) and
+    # checks each within DH_DEPENDENCY_CHECK_TIMEOUT_S, so this answers quickly whatever a
+    # dependency does; the GPU guard is part of Triton's check.
     down = await service.dependencies.check()
+    needs = list(service.needs)
     if down:
         problems = [f"{name}: {problem}" for name, found in down.items() for problem in found]
         not_ready = NotReady(
@@ -47,18 +50,24 @@ async def readyz(service: ServiceDep) -> Readiness | JSONResponse:
             problems=problems,
             down=down,
             error=ErrorDetail(stage="readiness", message="; ".join(problems), retryable=True),
+            role=service.role,
+            needs=needs,
         )
         return JSONResponse(
             not_ready.model_dump(mode="json"),
             status_code=SERVICE_UNAVAILABLE,
             headers={"Retry-After": str(OUTAGE_RETRY_AFTER_S)},
         )
+    if TRITON not in service.needs:
+        return Readiness(ready=True, models={}, role=service.role, needs=needs)
     served = service.engine.served
     lipsync = _serving(served.lipsync)
     lipsync.face_size = served.face_size
     return Readiness(
         ready=True,
         models={served.lipsync.name: lipsync, served.detector.name: _serving(served.detector)},
+        role=service.role,
+        needs=needs,
     )
 
 

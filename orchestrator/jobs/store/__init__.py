@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from orchestrator.jobs.lifecycle import ACTIVE_STATES, TERMINAL_STATES
 from orchestrator.jobs.store.base import (
+    AVATAR_EVENT,
+    AVATAR_GONE_EVENT,
     CANCEL_EVENT,
     ENDED_EVENT,
+    PREPARED_EVENT,
     QUEUED_EVENT,
     DuplicateCode,
     JobStore,
@@ -42,6 +45,8 @@ DB_NAME = "service.db"  # the SQLite file in the data directory
 
 __all__ = [
     "ACTIVE_STATES",
+    "AVATAR_EVENT",
+    "AVATAR_GONE_EVENT",
     "AVATAR_STATES",
     "CANCELLED",
     "CANCEL_EVENT",
@@ -49,6 +54,7 @@ __all__ = [
     "ENDED_EVENT",
     "FAILED",
     "JOB_STATES",
+    "PREPARED_EVENT",
     "PREPARING",
     "QUEUED",
     "QUEUED_EVENT",

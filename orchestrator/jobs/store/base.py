@@ -5,8 +5,11 @@ Nothing above the store sees an engine's own exceptions: a client code used twic
 
 Leases: a replica claims the oldest queued job atomically and holds it while it renders,
 renewing the lease with a heartbeat; a job whose lease expired belongs to nobody and any
-replica's sweeper re-queues it (orchestrator.jobs.leases). Events ("queued", "cancel:ID",
-"ended:ID") tell the other replicas about changes without waiting for their next sweep.
+replica's sweeper re-queues it (orchestrator.jobs.leases). Preparing an avatar is leased
+the same way, keyed by the video's content id, so one replica detects faces and the others
+wait for its result (orchestrator.jobs.avatars). Events ("queued", "cancel:ID",
+"ended:ID", "avatar:ID", "prepared:ID", "avatar-gone:ID") tell the other replicas about
+changes without waiting for their next sweep.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from orchestrator.jobs.store.records import Admission, AvatarRecord, JobProgress
 STAGE = "store"
 # The events replicas send each other through the store.
 QUEUED_EVENT, CANCEL_EVENT, ENDED_EVENT = "queued", "cancel:", "ended:"
+# Avatars: registered (a worker prepares it), a preparation lease released (waiters look
+# for the result), deleted (a worker preparing it stops).
+AVATAR_EVENT, PREPARED_EVENT, AVATAR_GONE_EVENT = "avatar:", "prepared:", "avatar-gone:"
 
 
 class DuplicateCode(Conflict):
@@ -93,6 +99,20 @@ class JobStore(Protocol):
     def subscribe(self, listener: Callable[[str], None]) -> None:
         """`listener(event)` runs for every event any replica sends (this one included)."""
         ...
+
+    # avatar preparation leases (keyed by the video's content id)
+    async def claim_preparation(
+        self, avatar_id: str, owner: str, lease_s: float, previous: str | None = None
+    ) -> bool:
+        """True if `owner` now holds the lease to prepare this video: nobody held it, its
+        lease expired, `owner` held it already, or (`previous`) its owner starts with it."""
+        ...
+
+    async def renew_preparation(self, avatar_id: str, owner: str, lease_s: float) -> bool:
+        """Extends `owner`'s lease; False if it is no longer `owner`'s."""
+        ...
+
+    async def release_preparation(self, avatar_id: str, owner: str) -> None: ...
 
     # avatars
     async def add_avatar(self, avatar: AvatarRecord) -> AvatarRecord: ...

@@ -49,6 +49,16 @@ SQLITE: dict[int, tuple[str, ...]] = {
             expires_at REAL NOT NULL
         )""",
     ),
+    3: (
+        # Avatar preparation leases, keyed by the video's content id (a registered avatar
+        # or a job's one-off video): one replica detects faces, the others wait for it.
+        # A row whose lease expired belongs to nobody; a finished preparation deletes it.
+        """CREATE TABLE avatar_leases (
+            avatar_id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            expires_at REAL NOT NULL
+        )""",
+    ),
 }
 
 POSTGRES: dict[int, tuple[str, ...]] = {
@@ -77,6 +87,13 @@ POSTGRES: dict[int, tuple[str, ...]] = {
         """CREATE TABLE replicas (
             id TEXT PRIMARY KEY,
             slots INTEGER NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+    ),
+    3: (
+        """CREATE TABLE avatar_leases (
+            avatar_id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
             expires_at DOUBLE PRECISION NOT NULL
         )""",
     ),

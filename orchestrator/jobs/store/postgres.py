@@ -387,6 +387,37 @@ class PostgresStore:
             # A pause between reconnection attempts, not a wait for state.
             await asyncio.sleep(LISTEN_RETRY_S)
 
+    # avatar preparation leases
+
+    async def claim_preparation(
+        self, avatar_id: str, owner: str, lease_s: float, previous: str | None = None
+    ) -> bool:
+        # One statement: ON CONFLICT locks the row, so two replicas never both win.
+        rows = await self._sql(
+            "INSERT INTO avatar_leases (avatar_id, owner, expires_at) "
+            f"VALUES (%s, %s, {NOW} + %s) "
+            "ON CONFLICT (avatar_id) DO UPDATE SET owner=excluded.owner, "
+            f"expires_at=excluded.expires_at WHERE avatar_leases.expires_at < {NOW} "
+            "OR avatar_leases.owner = excluded.owner "
+            "OR (%s::text IS NOT NULL AND starts_with(avatar_leases.owner, %s::text)) "
+            "RETURNING owner",
+            (avatar_id, owner, lease_s, previous, previous),
+        )
+        return bool(rows)
+
+    async def renew_preparation(self, avatar_id: str, owner: str, lease_s: float) -> bool:
+        rows = await self._sql(
+            f"UPDATE avatar_leases SET expires_at={NOW} + %s "
+            "WHERE avatar_id=%s AND owner=%s RETURNING owner",
+            (lease_s, avatar_id, owner),
+        )
+        return bool(rows)
+
+    async def release_preparation(self, avatar_id: str, owner: str) -> None:
+        await self._sql(
+            "DELETE FROM avatar_leases WHERE avatar_id=%s AND owner=%s", (avatar_id, owner)
+        )
+
     # avatars
 
     async def add_avatar(self, avatar: AvatarRecord) -> AvatarRecord:

@@ -361,6 +361,38 @@ class SqliteStore:
     def subscribe(self, listener: Callable[[str], None]) -> None:
         self._listeners.append(listener)
 
+    # avatar preparation leases
+
+    async def claim_preparation(
+        self, avatar_id: str, owner: str, lease_s: float, previous: str | None = None
+    ) -> bool:
+        now = time.time()
+        # One statement: the insert, or the takeover of an expired (or own) lease.
+        rows = await self._run(
+            self._sql,
+            "INSERT INTO avatar_leases (avatar_id, owner, expires_at) VALUES (?,?,?) "
+            "ON CONFLICT (avatar_id) DO UPDATE SET owner=excluded.owner, "
+            "expires_at=excluded.expires_at WHERE avatar_leases.expires_at < ? "
+            "OR avatar_leases.owner = excluded.owner "
+            "OR (? IS NOT NULL AND substr(avatar_leases.owner, 1, length(?)) = ?) "
+            "RETURNING owner",
+            (avatar_id, owner, now + lease_s, now, previous, previous, previous),
+        )
+        return bool(rows)
+
+    async def renew_preparation(self, avatar_id: str, owner: str, lease_s: float) -> bool:
+        rows = await self._run(
+            self._sql,
+            "UPDATE avatar_leases SET expires_at=? WHERE avatar_id=? AND owner=? RETURNING owner",
+            (time.time() + lease_s, avatar_id, owner),
+        )
+        return bool(rows)
+
+    async def release_preparation(self, avatar_id: str, owner: str) -> None:
+        await self._run(
+            self._sql, "DELETE FROM avatar_leases WHERE avatar_id=? AND owner=?", (avatar_id, owner)
+        )
+
     # avatars
 
     async def add_avatar(self, avatar: AvatarRecord) -> AvatarRecord:
