@@ -141,6 +141,9 @@ def test_s3_going_away_fails_readiness_and_submissions_and_loses_no_job(
         tmp_path / "data",
         **own_s3.settings(own_s3.make_bucket()),
         s3_timeout_s=2,
+        # Past this the job stops retrying its S3 calls and goes back to the queue (an
+        # outage shorter than it costs nothing: tests/storage/test_s3_storage.py).
+        s3_retry_deadline_s=3,
         # Each outage met costs an attempt; a restarting S3 server may cost one more.
         max_attempts=5,
     )
