@@ -54,4 +54,5 @@ def run_job_process(env: dict[str, str], avatar: Path, audio: Path, out: Path) -
     result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"benchmark job failed:\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    metrics: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
+    return metrics

@@ -73,7 +73,8 @@ def generator_onnx(face_size: int) -> Path:
 
 def parameters_m(onnx_file: Path) -> float:
     model = onnx.load(str(onnx_file), load_external_data=False)
-    return sum(math.prod(init.dims) for init in model.graph.initializer) / 1e6
+    count: int = sum(math.prod(init.dims) for init in model.graph.initializer)
+    return count / 1e6
 
 
 def benchmark_repository(target: Path, generators: dict[int, Path]) -> dict[int, str]:
@@ -119,7 +120,7 @@ async def saturated_fps(
 ) -> float:
     """Frames/s with `in_flight` requests outstanding, after one warm-up request."""
     outputs = list(spec.outputs)
-    batch = next(iter(inputs.values())).shape[0]
+    batch: int = next(iter(inputs.values())).shape[0]
     await client.infer(spec.name, inputs, outputs)
     requests = max(in_flight, -(-frames // batch))
     slots = asyncio.Semaphore(in_flight)

@@ -7,6 +7,7 @@ once; they are concatenated into one onnxruntime call so that batching is real h
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -14,7 +15,7 @@ import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         options = ort.SessionOptions()
@@ -32,7 +33,7 @@ class TritonPythonModel:
                 f"({sorted(graph_inputs)})"
             )
 
-    def execute(self, requests):
+    def execute(self, requests: list[Any]) -> list[Any]:
         try:
             batches = {
                 name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]

@@ -81,7 +81,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = _resize(F.leaky_relu(self.conv1(x), LEAKY_SLOPE), self.scale)
-        return F.leaky_relu(self.conv2(out), LEAKY_SLOPE) + self.skip(_resize(x, self.scale))
+        skipped: torch.Tensor = self.skip(_resize(x, self.scale))
+        return F.leaky_relu(self.conv2(out), LEAKY_SLOPE) + skipped
 
 
 class ModulatedConv2d(nn.Module):
@@ -142,7 +143,7 @@ class ToRGB(nn.Module):
     def forward(
         self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None
     ) -> torch.Tensor:
-        out = self.modulated_conv(x, style) + self.bias
+        out: torch.Tensor = self.modulated_conv(x, style) + self.bias
         return out if skip is None else out + _resize(skip, 2.0)
 
 
@@ -196,7 +197,7 @@ class StyleGAN2GeneratorCSFT(nn.Module):
         # The constant [1, C, 4, 4] meets each sample's style by broadcasting; an explicit
         # expand to the batch would be traced as the example's batch size.
         out = self.style_conv1(self.constant_input.weight, latent[:, 0], noise[0])
-        rgb = self.to_rgb1(out, latent[:, 1], None)
+        rgb: torch.Tensor = self.to_rgb1(out, latent[:, 1], None)
         for level, to_rgb in enumerate(self.to_rgbs):
             i = 2 * level + 1  # latent and noise index of this resolution's first conv
             out = self.style_convs[2 * level](out, latent[:, i], noise[i])
@@ -270,7 +271,8 @@ class GFPGANv1Clean(nn.Module):
         ):
             feat = up(feat + skips.pop())
             conditions += [scale(feat), shift(feat)]
-        return self.stylegan_decoder(latent, conditions)
+        rgb: torch.Tensor = self.stylegan_decoder(latent, conditions)
+        return rgb
 
 
 class FaceRestorer(nn.Module):
@@ -284,7 +286,7 @@ class FaceRestorer(nn.Module):
     def forward(self, face: torch.Tensor) -> torch.Tensor:
         rgb = face.flip(1)  # the contract's BGR to GFPGAN's RGB
         # GFPGANer normalises with mean 0.5, std 0.5 and clamps the output to [-1, 1].
-        restored = self.gfpgan(rgb * 2.0 - 1.0)
+        restored: torch.Tensor = self.gfpgan(rgb * 2.0 - 1.0)
         return ((restored + 1.0) * 0.5).clamp(0.0, 1.0).flip(1)
 
 

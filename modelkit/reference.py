@@ -44,14 +44,16 @@ def mouth_mask(face_size: int) -> np.ndarray:
 def window_energy(mel: np.ndarray) -> np.ndarray:
     """Energy in [0, 1] of each mel window in a [B, 1, 80, 16] batch, shape [B]."""
     energy = ((mel.astype(np.float32) - MEL_FLOOR) / MEL_SPAN).mean(axis=(1, 2, 3))
-    return np.clip(energy, 0.0, 1.0)
+    clipped: np.ndarray = np.clip(energy, 0.0, 1.0)
+    return clipped
 
 
 def expected_prediction(mel: np.ndarray, face: np.ndarray) -> np.ndarray:
     """The model's formula in numpy: what Triton must return for these inputs."""
     face_size = face.shape[-1]
     gain = 1.0 - DARKENING * window_energy(mel)[:, None, None, None] * mouth_mask(face_size)
-    return (face[:, 3:6] * gain).astype(np.float32)
+    prediction: np.ndarray = (face[:, 3:6] * gain).astype(np.float32)
+    return prediction
 
 
 def build_reference_model(face_size: int = 96) -> onnx.ModelProto:

@@ -42,7 +42,8 @@ def gaussian_kernel(sigma: float = SIGMA, radius: int = RADIUS) -> np.ndarray:
     """[2 * radius + 1] float32 weights summing to 1."""
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     kernel = np.exp(-0.5 * (x / sigma) ** 2)
-    return (kernel / kernel.sum()).astype(np.float32)
+    weights: np.ndarray = (kernel / kernel.sum()).astype(np.float32)
+    return weights
 
 
 def expected_restored(face: np.ndarray) -> np.ndarray:
@@ -52,7 +53,8 @@ def expected_restored(face: np.ndarray) -> np.ndarray:
     size_y, size_x = face.shape[-2:]
     rows = sum(w * padded[..., i : i + size_y, :] for i, w in enumerate(kernel))
     blurred = sum(w * rows[..., :, i : i + size_x] for i, w in enumerate(kernel))
-    return np.clip(face + AMOUNT * (face - blurred), 0.0, 1.0).astype(np.float32)
+    sharpened: np.ndarray = np.clip(face + AMOUNT * (face - blurred), 0.0, 1.0).astype(np.float32)
+    return sharpened
 
 
 def build_unsharp_model() -> onnx.ModelProto:

@@ -69,7 +69,8 @@ OPENING_SOFTNESS = 6.0
 
 def _smoothstep(u: np.ndarray) -> np.ndarray:
     u = np.clip(u, 0.0, 1.0)
-    return (u * u * (3.0 - 2.0 * u)).astype(np.float32)
+    smooth: np.ndarray = (u * u * (3.0 - 2.0 * u)).astype(np.float32)
+    return smooth
 
 
 def _centre_profile(size: int, width: tuple[float, float]) -> np.ndarray:
@@ -138,7 +139,8 @@ def expected_prediction(mel: np.ndarray, face: np.ndarray) -> np.ndarray:
     inside = half * half - np.square(from_line - half)
     alpha = np.float32(OPENING_ALPHA) * np.clip(inside * np.float32(1 / OPENING_SOFTNESS), 0, 1)
     colour = np.asarray(OPENING_BGR, np.float32)[None, :, None, None]
-    return (warped + (colour - warped) * alpha).astype(np.float32)
+    opened: np.ndarray = (warped + (colour - warped) * alpha).astype(np.float32)
+    return opened
 
 
 def _constant(name: str, value: object, dtype: type = np.float32) -> onnx.TensorProto:

@@ -74,10 +74,11 @@ class ConvBlock(nn.Module):
         self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv_block(x)
+        out: torch.Tensor = self.conv_block(x)
         if self.residual:
             out = out + x
-        return self.act(out)
+        activated: torch.Tensor = self.act(out)
+        return activated
 
 
 class ConvTransposeBlock(nn.Module):
@@ -92,7 +93,8 @@ class ConvTransposeBlock(nn.Module):
         self.act = _activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv_block(x))
+        activated: torch.Tensor = self.act(self.conv_block(x))
+        return activated
 
 
 def _residuals(channels: int, count: int, activation: str) -> list[nn.Module]:
@@ -171,7 +173,8 @@ class Wav2Lip(nn.Module):
         x = self.audio_encoder(mel)
         for block in self.face_decoder_blocks:
             x = torch.cat((block(x), skips.pop()), dim=1)
-        return self.output_block(x)
+        frame: torch.Tensor = self.output_block(x)
+        return frame
 
 
 def random_generator(seed: int, layout: Layout = WAV2LIP_96) -> Wav2Lip:

@@ -67,4 +67,7 @@ def _iou_one_to_many(box: np.ndarray, others: np.ndarray) -> np.ndarray:
         others[:, 3] - others[:, 1], 0, None
     )
     union = area + other_areas - intersection
-    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+    overlap: np.ndarray = np.divide(
+        intersection, union, out=np.zeros_like(intersection), where=union > 0
+    )
+    return overlap

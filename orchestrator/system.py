@@ -28,7 +28,8 @@ TRITON_COUNTERS = (
 
 def _read(url: str) -> str:
     with urllib.request.urlopen(url, timeout=METRICS_TIMEOUT_S) as reply:
-        return reply.read().decode()
+        body: bytes = reply.read()
+        return body.decode()
 
 
 def triton_figures(metrics_text: str) -> dict[str, dict[str, float]]:

@@ -231,7 +231,8 @@ def _glottal_source(total: int, sample_rate: int, rng: np.random.Generator) -> n
     source = scipy.signal.lfilter([1.0], [1.0, -1.9, 0.9025], pulses)
     source -= source.mean()
     source /= max(float(np.abs(source).max()), 1e-9)
-    return source + 0.02 * rng.standard_normal(total)
+    voiced: np.ndarray = source + 0.02 * rng.standard_normal(total)
+    return voiced
 
 
 def _formant_filter(

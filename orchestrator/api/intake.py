@@ -9,8 +9,9 @@ from orchestrator.api.deps import Service
 from orchestrator.blocking import run_blocking
 from orchestrator.errors import BadInput
 from orchestrator.jobs.admission import JobInputs
+from orchestrator.jobs.lifecycle import AvatarState
 from orchestrator.jobs.limits import AudioInfo, check_audio, check_video
-from orchestrator.jobs.store import FAILED, JobRecord
+from orchestrator.jobs.store import JobRecord
 from orchestrator.jobs.webhook import check_webhook_url
 from orchestrator.pipeline.decode import VideoInfo
 
@@ -60,7 +61,7 @@ async def submit_job(
         avatar = await service.store.get_avatar(avatar_id)
         if avatar is None:
             raise BadInput(STAGE, f"no avatar with id '{avatar_id}'")
-        if avatar.state == FAILED:
+        if avatar.state == AvatarState.FAILED:
             reason = (avatar.error or {}).get("message", "unknown reason")
             raise BadInput(STAGE, f"avatar '{avatar_id}' could not be prepared: {reason}")
         inputs = JobInputs(

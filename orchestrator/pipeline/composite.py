@@ -79,7 +79,7 @@ def lower_face_mask(height: int, width: int) -> np.ndarray:
     radius = np.sqrt(y[:, None] ** 2 + x[None, :] ** 2)
     ellipse = np.clip((1.0 - radius) / LOWER_FACE_SOFTNESS, 0.0, 1.0)
     smooth = ellipse * ellipse * (3.0 - 2.0 * ellipse)
-    mask = (smooth[..., None] * feather_mask(height, width)).astype(np.float32)
+    mask: np.ndarray = (smooth[..., None] * feather_mask(height, width)).astype(np.float32)
     mask.setflags(write=False)
     return mask
 

@@ -89,7 +89,8 @@ def restore_input(pred: np.ndarray, size: int) -> np.ndarray:
     """Lipsync predictions [B, 3, S, S] as the restorer's `face` input [B, 3, R, R]: the
     same BGR channels in [0, 1], resized to its size R."""
     if pred.shape[-1] == size:
-        return np.clip(pred, 0.0, 1.0).astype(np.float32)
+        clipped: np.ndarray = np.clip(pred, 0.0, 1.0).astype(np.float32)
+        return clipped
     faces = np.empty((len(pred), 3, size, size), np.float32)
     for face, out in zip(pred, faces, strict=True):
         hwc = np.ascontiguousarray(face.transpose(1, 2, 0), dtype=np.float32)

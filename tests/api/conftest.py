@@ -131,7 +131,7 @@ def register_avatar(server: ApiServer, video: Path) -> str:
     with server.client() as client:
         reply = client.post("/v1/avatars", files={"video": (video.name, video.read_bytes())})
         assert reply.status_code in (200, 201), reply.text
-        avatar_id = reply.json()["id"]
+        avatar_id: str = reply.json()["id"]
         poll_until(
             lambda: client.get(f"/v1/avatars/{avatar_id}").json(),
             lambda avatar: avatar["state"] != "preparing",

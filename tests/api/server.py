@@ -174,17 +174,20 @@ def poll_until(fetch: Any, done: Any, deadline_s: float, what: str) -> Any:
 def wait_for_job(
     client: httpx.Client, job_id: str, deadline_s: float = 60.0, states: tuple[str, ...] = TERMINAL
 ) -> dict[str, Any]:
-    return poll_until(
+    job: dict[str, Any] = poll_until(
         lambda: client.get(f"/v1/jobs/{job_id}").json(),
         lambda job: job["state"] in states,
         deadline_s,
         f"job {job_id} in {states}",
     )
+    return job
 
 
-def wait_until_rendering(client: httpx.Client, job_id: str, deadline_s: float = 60.0) -> dict:
+def wait_until_rendering(
+    client: httpx.Client, job_id: str, deadline_s: float = 60.0
+) -> dict[str, Any]:
     """Until the job is running with frames coming out (past decode and avatar)."""
-    return poll_until(
+    job: dict[str, Any] = poll_until(
         lambda: client.get(f"/v1/jobs/{job_id}").json(),
         lambda job: (
             job["state"] != "queued"
@@ -193,6 +196,7 @@ def wait_until_rendering(client: httpx.Client, job_id: str, deadline_s: float = 
         deadline_s,
         f"job {job_id} rendering",
     )
+    return job
 
 
 def submit_job(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,13 +23,14 @@ def fresh_video(tmp_path: Path) -> Path:
     return path
 
 
-def _wait_prepared(client: httpx.Client, avatar_id: str) -> dict:
-    return poll_until(
+def _wait_prepared(client: httpx.Client, avatar_id: str) -> dict[str, Any]:
+    avatar: dict[str, Any] = poll_until(
         lambda: client.get(f"/v1/avatars/{avatar_id}").json(),
         lambda avatar: avatar["state"] != "preparing",
         60.0,
         "avatar prepared",
     )
+    return avatar
 
 
 def test_uploaded_avatar_is_prepared_in_the_background_and_described(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -32,13 +33,14 @@ def _submit(client: httpx.Client, audio_url: str, video_url: str, code: str) -> 
     )
 
 
-def _query_until_done(client: httpx.Client, code: str) -> dict:
-    return poll_until(
+def _query_until_done(client: httpx.Client, code: str) -> dict[str, Any]:
+    answer: dict[str, Any] = poll_until(
         lambda: client.get("/easy/query", params={"code": code}).json(),
         lambda reply: reply["data"].get("status") in (DONE, FAILED),
         60.0,
         f"task {code} done",
     )
+    return answer
 
 
 def test_submit_with_server_side_paths_and_query_until_done(

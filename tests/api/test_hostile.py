@@ -9,6 +9,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -34,7 +35,9 @@ def server(server_factory: ServerFactory) -> ApiServer:
     )
 
 
-def _raw_request(server: ApiServer, head: str, body: bytes = b"") -> tuple[int, dict, float]:
+def _raw_request(
+    server: ApiServer, head: str, body: bytes = b""
+) -> tuple[int, dict[str, Any], float]:
     """Sends `head` (request line and headers) and `body` as they are, and reads the answer
     until the server closes; returns its status, JSON body and seconds taken."""
     started = time.monotonic()

@@ -95,9 +95,13 @@ def test_listing_filters_by_state_and_pages_with_a_cursor(
         wait_for_job(client, job_id)
 
     seen: list[str] = []
-    cursor = None
+    cursor: str | None = None
     while True:
-        params = {"state": "succeeded", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        params: dict[str, str | int] = {
+            "state": "succeeded",
+            "limit": 2,
+            **({"cursor": cursor} if cursor else {}),
+        }
         page = client.get("/v1/jobs", params=params).json()
         assert len(page["items"]) <= 2
         assert all(item["state"] == "succeeded" for item in page["items"])

@@ -11,8 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.api.conftest import AVATAR_FPS
 from tests.api.server import submit_job, wait_for_job
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-def _samples(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+
+def _samples(client: httpx.Client) -> Samples:
     reply = client.get("/metrics")
     assert reply.status_code == 200
     return {
@@ -22,7 +24,7 @@ def _samples(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...
     }
 
 
-def _value(samples: dict, name: str, **labels: str) -> float:
+def _value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 

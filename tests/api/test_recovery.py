@@ -29,7 +29,7 @@ def _kill_mid_job(
     first = server_factory(data_dir=data_dir, **settings)
     avatar_id = register_avatar(first, avatar_video)
     with first.client() as client:
-        job_id = submit_job(client, audio, avatar_id=avatar_id).json()["id"]
+        job_id: str = submit_job(client, audio, avatar_id=avatar_id).json()["id"]
         rendering = wait_until_rendering(client, job_id)
     assert rendering["state"] == "running", rendering
     first.kill()  # SIGKILL: no shutdown code runs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +20,7 @@ from tests.conftest import TritonAddress
 SUCCESS, DONE = 10000, 2
 
 
-def _chaofen(client: httpx.Client, audio: Path, video: Path) -> dict:
+def _chaofen(client: httpx.Client, audio: Path, video: Path) -> dict[str, Any]:
     code = str(uuid.uuid4())
     body = {"audio_url": audio.name, "video_url": video.name, "code": code, "chaofen": 1}
     submitted = client.post("/easy/submit", json=body).json()

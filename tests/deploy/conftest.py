@@ -70,15 +70,18 @@ def env_example() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def raw_compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
+    document: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return document
 
 
 @pytest.fixture(scope="session")
 def compose(raw_compose: dict[str, Any], env_example: dict[str, str]) -> dict[str, Any]:
     """docker-compose.yml with its variables filled in from .env.example (as after `cp`)."""
-    return interpolate(raw_compose, env_example)
+    filled: dict[str, Any] = interpolate(raw_compose, env_example)
+    return filled
 
 
 @pytest.fixture(scope="session")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return compose["services"]
+    services: dict[str, dict[str, Any]] = compose["services"]
+    return services

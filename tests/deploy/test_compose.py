@@ -47,7 +47,8 @@ def _volume_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _depends(service: dict[str, Any], on: str) -> str:
-    return service["depends_on"][on]["condition"]
+    condition: str = service["depends_on"][on]["condition"]
+    return condition
 
 
 def test_compose_file_is_valid_against_the_compose_specification(
@@ -246,7 +247,8 @@ def _merge(base: Any, override: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def raw_fleet() -> dict[str, Any]:
-    return yaml.safe_load(FLEET_FILE.read_text())
+    document: dict[str, Any] = yaml.safe_load(FLEET_FILE.read_text())
+    return document
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +258,8 @@ def fleet(
     """Both files merged as `docker compose -f docker-compose.yml -f
     docker-compose.fleet.yml` would, with .env.example plus the fleet's secrets."""
     env = {**env_example, **FLEET_SECRETS}
-    return _merge(interpolate(raw_compose, env), interpolate(raw_fleet, env))
+    merged: dict[str, Any] = _merge(interpolate(raw_compose, env), interpolate(raw_fleet, env))
+    return merged
 
 
 def test_fleet_override_is_valid_against_the_compose_specification(

@@ -45,7 +45,8 @@ def _documents(path: Path) -> list[dict[str, Any]]:
 
 
 def _kustomization(directory: Path) -> dict[str, Any]:
-    return yaml.safe_load((directory / "kustomization.yaml").read_text())
+    kustomization: dict[str, Any] = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    return kustomization
 
 
 def _built(directory: Path) -> list[dict[str, Any]]:

@@ -66,7 +66,7 @@ PROMQL_KEYWORDS = frozenset(
 
 
 def exported_names(exposition: str) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for line in exposition.splitlines():
         if line.startswith("# TYPE "):
             _, _, family, kind = line.split(maxsplit=3)
@@ -113,7 +113,8 @@ def _queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+    document: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return document
 
 
 def _scrape_targets() -> dict[str, tuple[str, list[str]]]:

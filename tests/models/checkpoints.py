@@ -26,6 +26,7 @@ def trained_like(layout: Layout, seed: int) -> Wav2Lip:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
+                assert module.running_mean is not None and module.running_var is not None
                 module.running_mean.normal_(0.0, 0.1, generator=generator)
                 module.running_var.uniform_(0.5, 2.0, generator=generator)
                 module.weight.uniform_(0.8, 1.2, generator=generator)

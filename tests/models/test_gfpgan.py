@@ -35,7 +35,8 @@ from tests.conftest import TRITON_VENV
 # measured 3.9e-7 (small model) and 8.9e-7 (full size, v1.4 layout) on this machine.
 MAX_ABS_ERROR = 1e-3
 # A small instance of the same graph, for the quick lane: 32-pixel faces, narrow channels.
-SMALL = {"out_size": 32, "style_dim": 32, "narrow": 0.125}
+SMALL_SIZE = 32
+SMALL = {"out_size": SMALL_SIZE, "style_dim": 32, "narrow": 0.125}
 
 
 def _trained_like(model: GFPGANv1Clean, seed: int) -> GFPGANv1Clean:
@@ -50,12 +51,14 @@ def _trained_like(model: GFPGANv1Clean, seed: int) -> GFPGANv1Clean:
 
 
 def _faces(batch: int, size: int) -> np.ndarray:
-    return np.random.default_rng(0).uniform(0.0, 1.0, (batch, 3, size, size)).astype(np.float32)
+    faces: np.ndarray = np.random.default_rng(0).uniform(0.0, 1.0, (batch, 3, size, size))
+    return faces.astype(np.float32)
 
 
 def _torch_restore(model: GFPGANv1Clean, faces: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return FaceRestorer(model)(torch.from_numpy(faces)).numpy()
+        restored: torch.Tensor = FaceRestorer(model)(torch.from_numpy(faces))
+        return restored.numpy()
 
 
 def _assert_same_faces(restored: np.ndarray, expected: np.ndarray) -> None:
@@ -92,7 +95,7 @@ def test_small_gfpgan_exports_with_a_dynamic_batch_and_the_same_faces(tmp_path: 
     out = tmp_path / "model.onnx"
     export_gfpgan(model, out)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    faces = _faces(3, SMALL["out_size"])  # not the traced batch of 2
+    faces = _faces(3, SMALL_SIZE)  # not the traced batch of 2
 
     (restored,) = session.run(["restored"], {"face": faces})
 
@@ -192,7 +195,7 @@ async def test_triton_serves_a_converted_restorer_under_the_face_restore_contrac
     """The written config and graph load in a real Triton, which answers with torch's faces.
     A small instance keeps the CPU server quick; the config is the same but for S."""
     model = _trained_like(random_gfpgan(seed=5, **SMALL), seed=6)
-    size = SMALL["out_size"]
+    size = SMALL_SIZE
     repository = tmp_path / "model_repository"
     onnx_path(repository, "face_restore").parent.mkdir(parents=True)
     export_gfpgan(model, onnx_path(repository, "face_restore"))

@@ -38,13 +38,14 @@ def grey_box(tmp_path_factory: pytest.TempPathFactory) -> ort.InferenceSession:
 
 
 def _run(session: ort.InferenceSession, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
-    return session.run(["pred"], {"mel": mel, "face": face})[0]
+    pred: np.ndarray = session.run(["pred"], {"mel": mel, "face": face})[0]
+    return pred
 
 
 def _mel_at_energy(energy: float, frames: slice = slice(None)) -> np.ndarray:
     """One silent mel window whose `frames` are at `energy` (in [0, 1])."""
-    mel = np.full((1, 1, 80, 16), talking.MEL_FLOOR, np.float32)
-    mel[..., frames] = talking.MEL_FLOOR + energy * talking.MEL_SPAN
+    mel = np.full((1, 1, 80, 16), reference.MEL_FLOOR, np.float32)
+    mel[..., frames] = reference.MEL_FLOOR + energy * reference.MEL_SPAN
     return mel
 
 

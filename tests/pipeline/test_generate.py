@@ -180,6 +180,9 @@ def test_output_rate_duration_and_streams(sync_job: SyncJob) -> None:
         assert (video[0].width, video[0].height) == AVATAR_SIZE
         assert video[0].average_rate == AVATAR_FPS
         assert audio[0].codec_context.name == "aac"
+        # PyAV types a stream's duration and time base as optional (unknown in some files).
+        assert audio[0].duration is not None and audio[0].time_base is not None
+        assert video[0].duration is not None and video[0].time_base is not None
         audio_seconds = float(audio[0].duration * audio[0].time_base)
         video_seconds = float(video[0].duration * video[0].time_base)
     assert abs(audio_seconds - AUDIO_SECONDS) < 1 / AVATAR_FPS

@@ -22,6 +22,7 @@ import pytest
 from orchestrator.pipeline import runner
 from orchestrator.pipeline.avatar_cache import content_id
 from orchestrator.pipeline.avatar_prefix import AvatarPrefix
+from orchestrator.pipeline.drive import drive
 from orchestrator.pipeline.frame_store import FrameStore
 from orchestrator.pipeline.runner import Engine, JobResult, Progress
 from orchestrator.pipeline.stages import DrivenFrame, StageClock
@@ -151,7 +152,7 @@ class DriveRecorder:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.jobs: list[list[DrivenRecord]] = []
-        real_drive = runner.drive
+        real_drive = drive
 
         async def recording_drive(
             avatar: AvatarPrefix,

@@ -276,6 +276,7 @@ async def test_an_outage_shorter_than_the_retry_deadline_fails_nothing(
         job = await _submitted_job(storage)  # two uploads, through the outage
         thaw.cancel()
         assert time.monotonic() - start >= OUTAGE_S - 0.5
+        assert settings.storage_url is not None
         assert frozen_s3.keys(settings.storage_url.split("/")[2]) == [
             f"{PREFIX}/jobs/job1/audio.wav",
             f"{PREFIX}/jobs/job1/video.mp4",

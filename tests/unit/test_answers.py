@@ -97,10 +97,10 @@ def test_v1_and_easy_carry_the_same_answer() -> None:
     easy = heygem_refusal(answer)
 
     assert v1.status_code == 503 and v1.headers["Retry-After"] == str(OUTAGE_RETRY_AFTER_S)
-    assert json.loads(v1.body) == {
+    assert json.loads(bytes(v1.body)) == {
         "error": {"stage": "storage", "message": "object storage: refused", "retryable": True}
     }
-    body = json.loads(easy.body)
+    body = json.loads(bytes(easy.body))
     assert easy.status_code == 200 and easy.headers["Retry-After"] == str(OUTAGE_RETRY_AFTER_S)
     assert body["code"] == SYSTEM_ERROR and body["success"] is False
     assert body["msg"].startswith("storage: object storage: refused (temporary")

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import skimage.data
 
-from modelkit import talking
+from modelkit import reference, talking
 from orchestrator.pipeline.composite import (
     CompositeMode,
     composite_frame,
@@ -23,14 +23,16 @@ FACE_SIZE = 96
 
 
 def _astronaut() -> np.ndarray:
-    return cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+    photo: np.ndarray = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+    return photo
 
 
 def _generated(frame: np.ndarray, box: tuple[int, int, int, int], energy: float) -> np.ndarray:
     """What the talking reference model returns for this crop at this loudness."""
     face = face_stack(frame, box, FACE_SIZE)[None]
-    mel = np.full((1, 1, 80, 16), talking.MEL_FLOOR + energy * talking.MEL_SPAN, np.float32)
-    return _to_pixels(talking.expected_prediction(mel, face))[0]
+    mel = np.full((1, 1, 80, 16), reference.MEL_FLOOR + energy * reference.MEL_SPAN, np.float32)
+    pixels: np.ndarray = _to_pixels(talking.expected_prediction(mel, face))[0]
+    return pixels
 
 
 def edge_gradient(frame: np.ndarray, box: tuple[int, int, int, int], band: int = 3) -> float:

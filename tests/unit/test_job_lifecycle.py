@@ -13,11 +13,15 @@ import copy
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from orchestrator.api.documents import job_document
+from orchestrator.dependencies import Dependencies
 from orchestrator.errors import SERVER, BadInput, Conflict, PipelineError, TritonUnavailable
+from orchestrator.jobs.admission import Admission
+from orchestrator.jobs.avatars import Avatars
 from orchestrator.jobs.lifecycle import (
     TRANSITIONS,
     IllegalTransition,
@@ -25,12 +29,15 @@ from orchestrator.jobs.lifecycle import (
     StopReason,
     transition,
 )
-from orchestrator.jobs.outcomes import RunningJob
+from orchestrator.jobs.outcomes import Outcome, RunningJob
 from orchestrator.jobs.runner import stopped_outcome
 from orchestrator.jobs.scheduler import Scheduler
-from orchestrator.jobs.store import JobError, JobRecord, JobResult
+from orchestrator.jobs.store import JobError, JobRecord, JobResult, JobStore
+from orchestrator.jobs.webhook import WebhookSender
+from orchestrator.metrics import ServiceMetrics
+from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
-from orchestrator.storage import StorageUnavailable
+from orchestrator.storage import Storage, StorageUnavailable
 from tests.fakes import (
     WAIT_S,
     FakeAdmission,
@@ -61,6 +68,12 @@ class Service:
     async def submit(self, job: JobRecord) -> None:
         await self.admission.submit(job)
 
+    async def state(self, job_id: str = "j1") -> JobState:
+        """The job's state in the store, which must hold it."""
+        job = await self.store.get_job(job_id)
+        assert job is not None, job_id
+        return job.state
+
     async def running(self, job_id: str = "j1") -> RunningJob:
         """The job's entry once its render has started here."""
         async with asyncio.timeout(WAIT_S):
@@ -68,7 +81,7 @@ class Service:
         return self.scheduler._running[job_id]
 
 
-async def _service(tmp_path: Path, ready: bool = True, **settings: object) -> Service:
+async def _service(tmp_path: Path, ready: bool = True, **settings: Any) -> Service:
     store = MemoryStore()
     engine, storage = FakeEngine(), FakeStorage(tmp_path)
     dependencies, webhooks, metrics = FakeDependencies(ready), FakeWebhooks(), FakeMetrics()
@@ -80,14 +93,16 @@ async def _service(tmp_path: Path, ready: bool = True, **settings: object) -> Se
             lease_heartbeat_s=60.0,  # the tests renew and sweep by hand
             **settings,
         ),
-        engine,
-        store,
-        storage,
-        FakeAvatars(),
-        metrics,
-        webhooks,
-        admission,
-        dependencies,
+        # The fakes (tests.fakes) have only what the scheduler calls, not the whole of
+        # the services its signature names: they stand in by duck typing.
+        cast(Engine, engine),
+        cast(JobStore, store),
+        cast(Storage, storage),
+        cast(Avatars, FakeAvatars()),
+        cast(ServiceMetrics, metrics),
+        cast(WebhookSender, webhooks),
+        cast(Admission, admission),
+        cast(Dependencies, dependencies),
     )
     await scheduler.start()
     return Service(scheduler, store, engine, storage, dependencies, webhooks, metrics, admission)
@@ -167,7 +182,7 @@ def test_the_job_document_and_webhook_say_whether_a_retry_can_help() -> None:
 async def test_a_job_runs_to_success(service: Service) -> None:
     await service.submit(new_job())
     entry = await service.running()
-    assert (await service.store.get_job("j1")).state is JobState.RUNNING
+    assert (await service.state()) is JobState.RUNNING
     service.engine.finish()
     await _ended(entry)
 
@@ -188,7 +203,7 @@ async def test_cancel_while_queued(tmp_path: Path) -> None:
         job = await service.scheduler.cancel("j1")
         assert job.state is JobState.CANCELLED
         assert job.error == JobError("queued", "cancelled by the client")
-        assert (await service.store.get_job("j1")).state is JobState.CANCELLED
+        assert (await service.state()) is JobState.CANCELLED
         assert ("job", "j1") in service.storage.removed
         assert ("avatar", "avatar-j1") in service.storage.removed  # a one-off video's cache
         assert [sent.state for sent in service.webhooks.sent] == [JobState.CANCELLED]
@@ -217,7 +232,7 @@ async def test_cancel_after_the_job_ended_is_a_conflict(service: Service) -> Non
     with pytest.raises(Conflict) as refused:
         await service.scheduler.cancel("j1")
     assert refused.value.http_status == 409
-    assert (await service.store.get_job("j1")).state is JobState.SUCCEEDED
+    assert (await service.state()) is JobState.SUCCEEDED
 
 
 async def test_cancel_asked_on_another_replica_reaches_the_render(service: Service) -> None:
@@ -227,7 +242,7 @@ async def test_cancel_asked_on_another_replica_reaches_the_render(service: Servi
     assert await service.store.request_cancel("j1")
     await service.scheduler.leases.renew()
     await _ended(entry)
-    assert (await service.store.get_job("j1")).state is JobState.CANCELLED
+    assert (await service.state()) is JobState.CANCELLED
 
 
 async def test_a_lost_lease_stops_the_render_and_records_nothing(service: Service) -> None:
@@ -350,23 +365,25 @@ async def test_a_cancellation_nobody_asked_for_propagates_and_the_job_goes_back(
 
 async def test_a_stop_that_was_asked_for_is_absorbed_with_uncancel() -> None:
     entry = RunningJob(new_job())
+    # A job's task returns nothing (RunningJob.task is a Task[None]); this one keeps the
+    # outcome it absorbed here instead.
+    outcomes: list[Outcome] = []
 
-    async def render() -> object:
+    async def render() -> None:
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
             stopped = stopped_outcome(entry)
             if stopped is None:
                 raise
-            return stopped
-        return None
+            outcomes.append(stopped)
 
     entry.task = asyncio.create_task(render())
     await asyncio.sleep(0)  # let it reach its wait
     assert entry.stop(StopReason.CANCELLED)
     assert not entry.stop(StopReason.SHUTDOWN)  # the first request wins
-    outcome = await entry.task
-    assert type(outcome).__name__ == "Cancelled"
+    await entry.task
+    assert [type(outcome).__name__ for outcome in outcomes] == ["Cancelled"]
     assert not entry.task.cancelled() and entry.task.cancelling() == 0
 
 
@@ -433,7 +450,7 @@ async def test_no_more_jobs_start_than_there_are_slots(tmp_path: Path) -> None:
         await service.submit(new_job("j1"))
         await service.submit(new_job("j2"))
         entry = await service.running("j1")
-        assert (await service.store.get_job("j2")).state is JobState.QUEUED
+        assert (await service.state("j2")) is JobState.QUEUED
         service.engine.finish()
         await _ended(entry)
         await service.store.wait_state("j2", JobState.SUCCEEDED)  # its slot freed
@@ -446,7 +463,7 @@ async def test_nothing_starts_until_the_dependencies_are_ready(tmp_path: Path) -
     try:
         await service.submit(new_job())
         await asyncio.sleep(0)  # the dispatcher has looked (and started nothing)
-        assert (await service.store.get_job("j1")).state is JobState.QUEUED
+        assert (await service.state()) is JobState.QUEUED
         service.dependencies.back()
         await service.store.wait_state("j1", JobState.RUNNING)
     finally:

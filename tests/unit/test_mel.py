@@ -35,7 +35,8 @@ def librosa_wav2lip_mel(audio: np.ndarray) -> np.ndarray:
     )
     basis = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)
     db = 20 * np.log10(np.maximum(1e-5, basis @ np.abs(stft))) - 20
-    return np.clip(8 * ((db + 100) / 100) - 4, -4, 4)
+    mel: np.ndarray = np.clip(8 * ((db + 100) / 100) - 4, -4, 4)
+    return mel
 
 
 def noisy_tones(seconds: float, seed: int) -> np.ndarray:

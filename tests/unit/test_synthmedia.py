@@ -37,7 +37,7 @@ def decode_video(path: Path) -> tuple[av.VideoStream, list[av.VideoFrame], list[
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         frames = list(container.decode(stream))
-        kinds = sorted(s.type for s in container.streams)
+        kinds: list[str] = sorted(s.type for s in container.streams)
     return stream, frames, kinds
 
 
@@ -46,7 +46,8 @@ def decode_audio(path: Path) -> tuple[np.ndarray, int, str]:
     with av.open(str(path)) as container:
         stream = container.streams.audio[0]
         codec = stream.codec_context.name
-        chunks = [
+        # Any dtype: PyAV's union of float and integer arrays is not narrowed by issubdtype.
+        chunks: list[np.ndarray] = [
             frame.to_ndarray().reshape(stream.channels, -1) for frame in container.decode(stream)
         ]
         rate = stream.codec_context.sample_rate
