@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from tests.engines import PostgresEngine
 from tests.fleet.conftest import FLEET_SETTINGS
 
 OUTAGE_DEADLINE_S = 30.0
+# Every request that needs the store is answered this fast while it is frozen.
+ANSWER_DEADLINE_S = 2.0
 
 
 @pytest.fixture
@@ -97,3 +100,31 @@ def test_postgres_going_away_answers_503_naming_it_and_work_resumes_when_it_is_b
     log = server.log_path.read_text(errors="replace")
     assert where in log
     assert own_postgres.password not in log + "".join(answers)
+
+
+def test_a_frozen_postgres_is_answered_503_within_two_seconds(
+    server_factory: ServerFactory, own_postgres: PostgresEngine, avatar_video: Path
+) -> None:
+    server: ApiServer = server_factory(
+        database_url=own_postgres.create_database(), **FLEET_SETTINGS
+    )
+    avatar_id = register_avatar(server, avatar_video)
+    with server.client(timeout=10.0) as client:
+        own_postgres.freeze()
+        try:
+            timings: dict[str, tuple[int, float]] = {}
+            for path in ("/v1/jobs", f"/v1/avatars/{avatar_id}", "/v1/jobs/nope", "/readyz"):
+                start = time.monotonic()
+                status = client.get(path).status_code
+                timings[path] = (status, time.monotonic() - start)
+        finally:
+            own_postgres.thaw()
+        poll_until(
+            lambda: client.get("/readyz").status_code,
+            lambda status: status == 200,
+            OUTAGE_DEADLINE_S,
+            "ready again once PostgreSQL answers",
+        )
+    for path, (status, seconds) in timings.items():
+        assert status == 503, (path, status, timings, server.log(60))
+        assert seconds < ANSWER_DEADLINE_S, (path, seconds)
