@@ -253,13 +253,13 @@ class PostgresStore:
             (job.state, Jsonb(body_json(job)), job.id),
         )
 
-    async def update_job(self, job: JobRecord, was: JobState, owner: str | None = None) -> bool:
-        query = f"UPDATE jobs {_set_state(job)} WHERE id=%s AND state=%s"
-        params: tuple[object, ...] = (job.state, Jsonb(body_json(job)), job.id, was)
-        if owner is not None:
-            query += " AND lease_owner=%s"
-            params = (*params, owner)
-        return bool(await self._sql(query + " RETURNING seq", params))
+    async def update_job(
+        self, job: JobRecord, was: JobState, owner: str | None = None, attempt: int | None = None
+    ) -> bool:
+        fence, fenced = _fence(owner, attempt)
+        query = f"UPDATE jobs {_set_state(job)} WHERE id=%s AND state=%s{fence} RETURNING seq"
+        params = (job.state, Jsonb(body_json(job)), job.id, was, *fenced)
+        return bool(await self._sql(query, params))
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         jobs = await self._jobs("WHERE id=%s", (job_id,))
@@ -272,11 +272,14 @@ class PostgresStore:
     async def delete_job(self, job_id: str) -> None:
         await self._sql("DELETE FROM jobs WHERE id=%s", (job_id,))
 
-    async def set_job_stage(self, job_id: str, stage: str) -> None:
+    async def set_job_stage(
+        self, job_id: str, stage: str, owner: str | None = None, attempt: int | None = None
+    ) -> None:
+        fence, fenced = _fence(owner, attempt)
         await self._sql(
             "UPDATE jobs SET body = body || jsonb_build_object('stage', %s::text) "
-            "WHERE id=%s AND state=%s",
-            (stage, job_id, RUNNING),
+            f"WHERE id=%s AND state=%s{fence}",
+            (stage, job_id, RUNNING, *fenced),
         )
 
     async def list_jobs(
@@ -332,7 +335,12 @@ class PostgresStore:
         return job_from_row(*rows[0]) if rows else None
 
     async def heartbeat(
-        self, job_id: str, owner: str, lease_s: float, progress: JobProgress | None
+        self,
+        job_id: str,
+        owner: str,
+        lease_s: float,
+        progress: JobProgress | None,
+        attempt: int | None = None,
     ) -> bool | None:
         body = "body"
         params: tuple[object, ...] = ()
@@ -347,10 +355,11 @@ class PostgresStore:
                 progress.frames_total,
                 progress.frames_per_second,
             )
+        fence, fenced = _fence(owner, attempt)
         rows = await self._sql(
             f"UPDATE jobs SET lease_expires_at={NOW} + %s, body={body} "
-            "WHERE id=%s AND state='running' AND lease_owner=%s RETURNING cancel_requested",
-            (lease_s, *params, job_id, owner),
+            f"WHERE id=%s AND state='running'{fence} RETURNING cancel_requested",
+            (lease_s, *params, job_id, *fenced),
         )
         return bool(rows[0][0]) if rows else None
 
@@ -471,6 +480,18 @@ class PostgresStore:
 
     async def delete_avatar(self, avatar_id: str) -> None:
         await self._sql("DELETE FROM avatars WHERE id=%s", (avatar_id,))
+
+
+def _fence(owner: str | None, attempt: int | None) -> tuple[str, tuple[object, ...]]:
+    """The conditions (and their parameters) that keep a write about a running job to
+    the lease `owner` holds on the attempt it claimed: a replica cut off while another
+    claimed the job again writes nothing."""
+    where, params = "", ()  # type: tuple[str, tuple[object, ...]]
+    if owner is not None:
+        where, params = " AND lease_owner=%s", (owner,)
+    if attempt is not None:
+        where, params = f"{where} AND (body->>'attempts')::int=%s", (*params, attempt)
+    return where, params
 
 
 def _abandon(task: asyncio.Task[Any]) -> None:
