@@ -19,7 +19,13 @@ from typing import Any
 
 from orchestrator.errors import DependencyUnavailable
 from orchestrator.jobs.lifecycle import JobState, transition
-from orchestrator.jobs.store import AvatarRecord, JobProgress, JobRecord, StoreUnavailable
+from orchestrator.jobs.store import (
+    AvatarRecord,
+    JobProgress,
+    JobRecord,
+    StoreFull,
+    StoreUnavailable,
+)
 from orchestrator.pipeline.runner import Progress
 from orchestrator.storage.base import JobFiles
 
@@ -42,14 +48,15 @@ class MemoryStore:
         self._listeners: list[Callable[[str], None]] = []
         self._changed = asyncio.Condition()
         self._seq = 0
-        self.down = False
+        self.down, self._full = False, False
         self.calls_while_down = 0
         self._refused = asyncio.Event()
 
     where = "memory"
 
-    def go_down(self) -> None:
-        self.down = True
+    def go_down(self, full: bool = False) -> None:
+        """Unreachable from now on; `full`: its disk is full (StoreFull, HTTP 507)."""
+        self.down, self._full = True, full
 
     def come_back(self) -> None:
         self.down = False
@@ -64,6 +71,8 @@ class MemoryStore:
         if self.down:
             self.calls_while_down += 1
             self._refused.set()
+            if self._full:
+                raise StoreFull("store", "disk full: memory cannot write")
             raise StoreUnavailable("store", "memory is unavailable: the test took it down")
 
     async def _touch(self) -> None:

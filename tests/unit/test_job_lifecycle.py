@@ -533,3 +533,21 @@ async def test_shutdown_gives_up_an_outcome_waiting_for_the_store(tmp_path: Path
         await service.scheduler.stop()
     assert entry.task is not None and entry.task.done()
     assert service.store.jobs["j1"].state is JobState.RUNNING  # its lease expires; runs again
+
+
+async def test_a_job_cancelled_while_the_store_disk_is_full_ends_cancelled_once_freed(
+    service: Service,
+) -> None:
+    await service.submit(new_job())
+    entry = await service.running()
+    service.store.go_down(full=True)
+    stop = entry.stop(StopReason.CANCELLED)  # what DELETE does on the job's replica
+    await service.store.refused()  # its outcome waits: nothing can be written
+    assert stop and service.store.jobs["j1"].state is JobState.RUNNING
+    assert service.store.jobs["j1"].lease_owner == service.scheduler.replica  # a live owner
+    service.store.come_back()  # space freed
+    await _ended(entry)
+
+    job = await service.store.wait_state("j1", JobState.CANCELLED)
+    assert job.error == JobError("infer", "cancelled by the client")
+    assert len(service.engine.renders) == 1 and service.engine.renders[0].cancelled
