@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import sqlite3
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -38,9 +37,11 @@ JOB_DEADLINE_S = 120.0
 
 
 @pytest.fixture
-def small_disk() -> Iterator[Path]:
-    """A tmpfs of DISK_MB MiB, unmounted at the end."""
-    mount_point = Path(tempfile.mkdtemp(prefix="dh-small-disk-"))
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of DISK_MB MiB inside the test's folder (the server's log goes beside
+    it, off the full disk), unmounted at the end."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "tmpfs", str(mount_point)],
         capture_output=True,
@@ -48,14 +49,12 @@ def small_disk() -> Iterator[Path]:
         check=False,
     )
     if mounted.returncode != 0:
-        mount_point.rmdir()
         pytest.skip(f"mounting a small tmpfs is not permitted here: {mounted.stderr.strip()}")
     try:
         yield mount_point
     finally:
         # Lazy: a server that is still stopping may hold a file there for a moment.
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
-        mount_point.rmdir()
 
 
 def _fill(path: Path) -> None:
