@@ -19,7 +19,13 @@ from typing import Any
 
 from orchestrator.errors import DependencyUnavailable
 from orchestrator.jobs.lifecycle import JobState, transition
-from orchestrator.jobs.store import AvatarRecord, JobProgress, JobRecord
+from orchestrator.jobs.store import (
+    AvatarRecord,
+    JobProgress,
+    JobRecord,
+    StoreFull,
+    StoreUnavailable,
+)
 from orchestrator.pipeline.runner import Progress
 from orchestrator.storage.base import JobFiles
 
@@ -30,7 +36,9 @@ WAIT_S = 5.0
 
 class MemoryStore:
     """The parts of JobStore the scheduler uses, on dicts. Reads and writes copy records,
-    as a real store does (a caller's record is never the stored one)."""
+    as a real store does (a caller's record is never the stored one). While `down` (a test
+    calls `go_down()` / `come_back()`), every call raises StoreUnavailable, as a real store
+    that cannot be reached does; `calls_while_down` counts the refused calls."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, JobRecord] = {}
@@ -40,8 +48,32 @@ class MemoryStore:
         self._listeners: list[Callable[[str], None]] = []
         self._changed = asyncio.Condition()
         self._seq = 0
+        self.down, self._full = False, False
+        self.calls_while_down = 0
+        self._refused = asyncio.Event()
 
     where = "memory"
+
+    def go_down(self, full: bool = False) -> None:
+        """Unreachable from now on; `full`: its disk is full (StoreFull, HTTP 507)."""
+        self.down, self._full = True, full
+
+    def come_back(self) -> None:
+        self.down = False
+
+    async def refused(self) -> None:
+        """Returns once another call was refused while the store is down."""
+        self._refused.clear()
+        async with asyncio.timeout(WAIT_S):
+            await self._refused.wait()
+
+    def _reachable(self) -> None:
+        if self.down:
+            self.calls_while_down += 1
+            self._refused.set()
+            if self._full:
+                raise StoreFull("store", "disk full: memory cannot write")
+            raise StoreUnavailable("store", "memory is unavailable: the test took it down")
 
     async def _touch(self) -> None:
         async with self._changed:
@@ -62,6 +94,7 @@ class MemoryStore:
     # jobs
 
     async def add_job(self, job: JobRecord) -> JobRecord:
+        self._reachable()
         self._seq += 1
         job.seq = self._seq
         self.jobs[job.id] = copy.deepcopy(job)
@@ -69,6 +102,7 @@ class MemoryStore:
         return job
 
     async def save_job(self, job: JobRecord) -> None:
+        self._reachable()
         self._put(job)
         await self._touch()
 
@@ -79,41 +113,52 @@ class MemoryStore:
             self.lease_expires.pop(job.id, None)
         self.jobs[job.id] = stored
 
-    async def update_job(self, job: JobRecord, was: JobState, owner: str | None = None) -> bool:
+    async def update_job(
+        self, job: JobRecord, was: JobState, owner: str | None = None, attempt: int | None = None
+    ) -> bool:
+        self._reachable()
         stored = self.jobs.get(job.id)
         if stored is None or stored.state is not was:
             return False
-        if owner is not None and stored.lease_owner != owner:
+        if not _fenced(stored, owner, attempt):
             return False
         self._put(job)
         await self._touch()
         return True
 
     async def get_job(self, job_id: str) -> JobRecord | None:
+        self._reachable()
         job = self.jobs.get(job_id)
         return copy.deepcopy(job) if job else None
 
-    async def set_job_stage(self, job_id: str, stage: str) -> None:
+    async def set_job_stage(
+        self, job_id: str, stage: str, owner: str | None = None, attempt: int | None = None
+    ) -> None:
+        self._reachable()
         job = self.jobs.get(job_id)
-        if job is not None and job.state is JobState.RUNNING:
+        if job is not None and job.state is JobState.RUNNING and _fenced(job, owner, attempt):
             job.stage = stage
 
     async def jobs_in(self, states: tuple[JobState, ...]) -> list[JobRecord]:
+        self._reachable()
         found = sorted((j for j in self.jobs.values() if j.state in states), key=lambda j: j.seq)
         return copy.deepcopy(found)
 
     async def avatar_in_use(self, avatar_id: str) -> bool:
+        self._reachable()
         return any(
             job.avatar_id == avatar_id and job.state in (JobState.QUEUED, JobState.RUNNING)
             for job in self.jobs.values()
         )
 
     async def get_avatar(self, avatar_id: str) -> AvatarRecord | None:
+        self._reachable()
         return None
 
     # leases
 
     async def claim_job(self, owner: str, lease_s: float) -> JobRecord | None:
+        self._reachable()
         queued = await self.jobs_in((JobState.QUEUED,))
         if not queued:
             return None
@@ -127,10 +172,16 @@ class MemoryStore:
         return job
 
     async def heartbeat(
-        self, job_id: str, owner: str, lease_s: float, progress: JobProgress | None
+        self,
+        job_id: str,
+        owner: str,
+        lease_s: float,
+        progress: JobProgress | None,
+        attempt: int | None = None,
     ) -> bool | None:
+        self._reachable()
         job = self.jobs.get(job_id)
-        if job is None or job.state is not JobState.RUNNING or job.lease_owner != owner:
+        if job is None or job.state is not JobState.RUNNING or not _fenced(job, owner, attempt):
             return None
         self.lease_expires[job_id] = time.monotonic() + lease_s
         if progress is not None:
@@ -144,9 +195,11 @@ class MemoryStore:
         return expired or (previous is not None and (job.lease_owner or "").startswith(previous))
 
     async def stale_jobs(self, previous: str | None) -> list[JobRecord]:
+        self._reachable()
         return copy.deepcopy([j for j in self.jobs.values() if self._stale(j, previous)])
 
     async def update_stale(self, job: JobRecord, previous: str | None) -> bool:
+        self._reachable()
         stored = self.jobs.get(job.id)
         if stored is None or not self._stale(stored, previous):
             return False
@@ -157,6 +210,7 @@ class MemoryStore:
         return True
 
     async def request_cancel(self, job_id: str) -> bool:
+        self._reachable()
         job = self.jobs.get(job_id)
         if job is None or job.state is not JobState.RUNNING:
             return False
@@ -164,12 +218,15 @@ class MemoryStore:
         return True
 
     async def register_replica(self, owner: str, slots: int, ttl_s: float) -> None:
+        self._reachable()
         self.replicas[owner] = slots
 
     async def drop_replica(self, owner: str) -> None:
+        self._reachable()
         self.replicas.pop(owner, None)
 
     async def notify(self, event: str) -> None:
+        self._reachable()
         self.events.append(event)
         loop = asyncio.get_running_loop()
         for listener in self._listeners:
@@ -184,10 +241,24 @@ class MemoryStore:
         """Another replica holds the job's lease now."""
         self.jobs[job_id].lease_owner = owner
 
+    def claim_again(self, job_id: str, owner: str) -> None:
+        """The job's lease expired and another replica swept and claimed it: a new
+        attempt under `owner`."""
+        job = self.jobs[job_id]
+        job.lease_owner, job.replica, job.attempts = owner, owner, job.attempts + 1
+        self.lease_expires[job_id] = time.monotonic() + 60.0
+
     def expire_lease(self, job_id: str, owner: str) -> None:
         """The job was running on `owner`, which died: its lease has expired."""
         self.jobs[job_id].lease_owner = owner
         self.lease_expires[job_id] = 0.0
+
+
+def _fenced(stored: JobRecord, owner: str | None, attempt: int | None) -> bool:
+    """Whether a write about a running job may land: still `owner`'s, on `attempt`."""
+    if owner is not None and stored.lease_owner != owner:
+        return False
+    return attempt is None or stored.attempts == attempt
 
 
 @dataclass

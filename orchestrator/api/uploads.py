@@ -14,6 +14,7 @@ cutoff (UploadPace), and a body that misses it is answered 408 and its files rem
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -26,7 +27,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from orchestrator.blocking import run_blocking
-from orchestrator.errors import BadInput, LimitExceeded
+from orchestrator.errors import BadInput, LimitExceeded, unwrap
 from orchestrator.pipeline.avatar_cache import CONTENT_ID_HEX
 from orchestrator.settings import Settings
 from orchestrator.storage import Storage, safe_suffix
@@ -164,6 +165,11 @@ async def receive_form(
     except ClientDisconnect:
         await receiver.discard()
         raise BadInput(STAGE, "the client went away before the upload finished") from None
+    except OSError as exc:
+        # A full disk is DiskFull (507: the same request succeeds once space is freed),
+        # never an unhandled 500; the part written so far goes.
+        await receiver.discard()
+        raise unwrap(exc, STAGE) from None
     except BaseException:
         await receiver.discard()
         raise
@@ -319,6 +325,9 @@ class _Receiver:
     async def discard(self) -> None:
         part = self.current
         if part is not None and part.sink is not None and not part.sink.closed:
-            await run_blocking(self.pool, part.sink.close)
+            # Closing flushes what is buffered: on a full disk that fails too; the file
+            # goes anyway.
+            with contextlib.suppress(OSError):
+                await run_blocking(self.pool, part.sink.close)
         for path in self.staged:
             await self.storage.discard(path)

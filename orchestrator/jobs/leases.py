@@ -10,6 +10,12 @@ queued again with its attempt counted, or past DH_MAX_ATTEMPTS fails as "interru
 the stage it was in. A dead replica's job therefore runs again within about
 DH_LEASE_S + DH_LEASE_HEARTBEAT_S.
 
+The store going away stops nothing here: renewals fail, the renders go on, and the
+leases are renewed when it is back. A lease that expired meanwhile is still this
+replica's until another replica re-queues the job (its attempt counted); every write
+about the job is fenced by owner and attempt, so the replica that was cut off then
+writes nothing, and its render is stopped at its next renewal.
+
 Identity: the lease owner is "<name>#<incarnation>", the incarnation new at each start.
 The name is DH_REPLICA_ID, or the host name and data directory, so a replica that
 restarts (same host, same data) takes back its previous incarnation's jobs at once
@@ -49,7 +55,7 @@ class Leases:
         self,
         settings: Settings,
         store: JobStore,
-        running: Callable[[], dict[str, JobProgress | None]],
+        running: Callable[[], dict[str, tuple[int, JobProgress | None]]],
         on_lost: Callable[[str], None],
         on_cancel: Callable[[str], None],
         on_settled: Callable[[JobRecord], Awaitable[None]],
@@ -106,8 +112,10 @@ class Leases:
             await asyncio.sleep(self.settings.lease_heartbeat_s)
 
     async def renew(self) -> None:
-        for job_id, progress in self._running().items():
-            held = await self.store.heartbeat(job_id, self.owner, self.settings.lease_s, progress)
+        for job_id, (attempt, progress) in self._running().items():
+            held = await self.store.heartbeat(
+                job_id, self.owner, self.settings.lease_s, progress, attempt
+            )
             if held is None:
                 log.warning("job %s: its lease was lost (taken over); stopping it", job_id)
                 self._on_lost(job_id)

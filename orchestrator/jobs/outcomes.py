@@ -70,6 +70,12 @@ class RunningJob:
     stop_reason: StopReason | None = None
     outcome: Outcome | None = None  # set once the render is over: too late to stop it
     started: float = field(default_factory=time.monotonic)
+    # The lease this render holds, as claimed: every write about the job is fenced by it.
+    owner: str | None = field(init=False)
+    attempt: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.owner, self.attempt = self.job.lease_owner, self.job.attempts
 
     def stop(self, reason: StopReason) -> bool:
         """Asks the render to stop for `reason` (one of STOPS); the first request wins. False

@@ -1,15 +1,18 @@
 """The outcome recorder: the one place where a job's end becomes a state in the store.
 
 It applies an outcome (orchestrator.jobs.outcomes) through the life-cycle table, saves it
-only while this replica still holds the job's lease (so a job another replica took over
-is never overwritten), and then does what follows a job's end: its files kept or
-removed, a one-off avatar's cache forgotten, metrics, the webhook, and an event for the
-other replicas.
+only while this replica still holds the job's lease on the attempt it claimed (so a job
+another replica took over is never overwritten, nor recorded twice), and then does what
+follows a job's end: its files kept or removed, a one-off avatar's cache forgotten,
+metrics, the webhook, and an event for the other replicas. An outcome that finds the
+store away waits for it: a finished render is recorded when the store is back, never
+rendered again for the outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -42,8 +45,9 @@ from orchestrator.storage import Storage
 
 log = logging.getLogger(__name__)
 CANCELLED_MESSAGE = "cancelled by the client"
-# Recording a job's outcome while the store is away: tried again this often, until the
-# job's lease would have expired anyway (another replica then runs it again).
+# Recording a job's outcome while the store is away: tried again this often until the
+# store is back (a finished render is never thrown away for an outage) or this replica
+# stops (the job's lease then expires and another replica runs it again).
 RECORD_RETRY_S = 1.0
 
 
@@ -69,6 +73,11 @@ class OutcomeRecorder:
         # Awaited before a success is recorded (HeyGem's result file must exist by then);
         # a PipelineError from it fails the job instead.
         self.on_succeeded = on_succeeded
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """This replica stops: outcomes still waiting for the store are given up."""
+        self._stopping.set()
 
     async def record(self, running: RunningJob, outcome: Outcome) -> None:
         """Applies the outcome of a render this replica ran."""
@@ -79,7 +88,9 @@ class OutcomeRecorder:
         if isinstance(outcome, Shutdown):
             was = transition(job, JobState.QUEUED, StopReason.SHUTDOWN)
             try:  # once: at shutdown there is no time to wait for the store
-                saved = await self.store.update_job(job, was=was, owner=self.owner)
+                saved = await self.store.update_job(
+                    job, was=was, owner=self.owner, attempt=running.attempt
+                )
             except StoreUnavailable as exc:  # its lease expires and another replica runs it
                 log.warning("job %s not queued again at shutdown: %s", job.id, exc.message)
                 return
@@ -103,7 +114,7 @@ class OutcomeRecorder:
             if running.progress is not None:
                 job.frames_done = running.progress.frames_done
                 job.frames_total = running.progress.frames_total
-        if not await self._save(job):
+        if not await self._save(job, running.attempt):
             return
         if job.state is JobState.QUEUED:
             assert job.error is not None
@@ -139,23 +150,44 @@ class OutcomeRecorder:
         transition(job, JobState.SUCCEEDED, StopReason.COMPLETED)
         job.stage = "done"
 
-    async def _save(self, job: JobRecord) -> bool:
-        """Saves the outcome of a job this replica holds; False if the lease was lost.
-        While the store is away it is tried again until the lease would have expired."""
-        deadline = time.monotonic() + self.settings.lease_s
+    async def _save(self, job: JobRecord, attempt: int) -> bool:
+        """Saves the outcome of a job this replica holds on `attempt`; False if another
+        replica has it now. While the store is away it is tried again until the store is
+        back: the renders' work is not thrown away for an outage."""
+        unsure = False  # a try that timed out may have been written all the same
         while True:
             try:
-                saved = await self.store.update_job(job, was=JobState.RUNNING, owner=self.owner)
+                saved = await self.store.update_job(
+                    job, was=JobState.RUNNING, owner=self.owner, attempt=attempt
+                )
+                if not saved and unsure:
+                    saved = await self._written(job)
             except StoreUnavailable as exc:
-                if time.monotonic() > deadline:
+                if self._stopping.is_set():
                     log.error("job %s: outcome not recorded (%s); it runs again", job.id, exc)
                     return False
-                # A retry pause while the store is away, not a wait for state.
-                await asyncio.sleep(RECORD_RETRY_S)
+                if not unsure:
+                    log.warning("job %s: outcome waits for the store: %s", job.id, exc.message)
+                unsure = True
+                # A retry pause while the store is away, not a wait for state; a stop
+                # of this replica ends it early.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RECORD_RETRY_S):
+                        await self._stopping.wait()
                 continue
             if not saved:
                 log.warning("job %s: its lease was lost before its outcome was recorded", job.id)
             return saved
+
+    async def _written(self, job: JobRecord) -> bool:
+        """Whether the store holds this very outcome (a write whose answer was lost)."""
+        stored = await self.store.get_job(job.id)
+        return stored is not None and (
+            stored.state,
+            stored.attempts,
+            stored.started_at,
+            stored.finished_at,
+        ) == (job.state, job.attempts, job.started_at, job.finished_at)
 
     async def ended(self, job: JobRecord, seconds: float) -> None:
         """What follows a job's final state, wherever it was recorded (here, by a cancel

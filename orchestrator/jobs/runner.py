@@ -76,7 +76,7 @@ class JobRunner:
                 counted = progress.frames_done
             if progress.stage != recorded_stage:
                 recorded_stage = progress.stage
-                save = asyncio.create_task(self._save_stage(job.id, progress.stage))
+                save = asyncio.create_task(self._save_stage(running, progress.stage))
                 stage_saves.add(save)
                 save.add_done_callback(stage_saves.discard)
 
@@ -132,10 +132,12 @@ class JobRunner:
             f"per second of its {job.audio_seconds:.1f} s of audio) and was stopped",
         )
 
-    async def _save_stage(self, job_id: str, stage: str) -> None:
+    async def _save_stage(self, running: RunningJob, stage: str) -> None:
+        job_id = running.job.id
         try:
-            await self.store.set_job_stage(job_id, stage)
-        except StoreUnavailable as exc:  # the next heartbeat writes it
+            # Fenced: a replica that lost the job meanwhile writes nothing.
+            await self.store.set_job_stage(job_id, stage, running.owner, running.attempt)
+        except StoreUnavailable as exc:  # the next heartbeat writes it; the render goes on
             log.warning("job %s: stage %s not recorded: %s", job_id, stage, exc.message)
 
 

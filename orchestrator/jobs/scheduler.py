@@ -122,6 +122,7 @@ class Scheduler:
 
     async def stop(self) -> None:
         await self.dispatcher.stop()
+        self.recorder.stop()  # an outcome waiting for the store is given up: it runs again
         running = list(self._running.values())
         for entry in running:
             entry.stop(StopReason.SHUTDOWN)
@@ -159,16 +160,20 @@ class Scheduler:
     def running_count(self) -> int:
         return len(self._running)
 
-    def _progress_of_running(self) -> dict[str, JobProgress | None]:
-        """The jobs whose leases the heartbeat renews: those still rendering."""
+    def _progress_of_running(self) -> dict[str, tuple[int, JobProgress | None]]:
+        """The jobs whose leases the heartbeat renews (those still rendering), with the
+        attempt each was claimed for."""
         return {
-            job_id: None
-            if entry.progress is None
-            else JobProgress(
-                entry.progress.stage,
-                entry.progress.frames_done,
-                entry.progress.frames_total,
-                round(entry.progress.frames_per_second, 2),
+            job_id: (
+                entry.attempt,
+                None
+                if entry.progress is None
+                else JobProgress(
+                    entry.progress.stage,
+                    entry.progress.frames_done,
+                    entry.progress.frames_total,
+                    round(entry.progress.frames_per_second, 2),
+                ),
             )
             for job_id, entry in self._running.items()
             if entry.outcome is None
@@ -201,7 +206,8 @@ class Scheduler:
             # Recording the outcome must not be cut in half by a late cancel.
             await asyncio.shield(self.recorder.record(entry, outcome))
         finally:
-            self._running.pop(job.id, None)
+            if self._running.get(job.id) is entry:  # not a later attempt of the same job
+                del self._running[job.id]
             self._wake()
 
     # cancellation

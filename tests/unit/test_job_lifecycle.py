@@ -32,7 +32,7 @@ from orchestrator.jobs.lifecycle import (
 from orchestrator.jobs.outcomes import Outcome, RunningJob
 from orchestrator.jobs.runner import stopped_outcome
 from orchestrator.jobs.scheduler import Scheduler
-from orchestrator.jobs.store import JobError, JobRecord, JobResult, JobStore
+from orchestrator.jobs.store import JobError, JobRecord, JobResult, JobStore, StoreUnavailable
 from orchestrator.jobs.webhook import WebhookSender
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.pipeline.runner import Engine
@@ -468,3 +468,103 @@ async def test_nothing_starts_until_the_dependencies_are_ready(tmp_path: Path) -
         await service.store.wait_state("j1", JobState.RUNNING)
     finally:
         await service.scheduler.stop()
+
+
+# the job store going away
+
+
+async def test_a_render_that_ends_while_the_store_is_down_is_recorded_when_it_is_back(
+    service: Service,
+) -> None:
+    await service.submit(new_job())
+    entry = await service.running()
+    service.store.go_down()
+    with pytest.raises(StoreUnavailable):  # the heartbeat fails ...
+        await service.scheduler.leases.renew()
+    assert entry.task is not None and not entry.task.done()  # ... and the render goes on
+    assert entry.stop_reason is None
+
+    service.engine.finish()
+    await service.store.refused()  # the recorder found the store away
+    assert service.store.jobs["j1"].state is JobState.RUNNING
+    service.store.come_back()
+    await _ended(entry)
+
+    job = await service.store.wait_state("j1", JobState.SUCCEEDED)
+    assert (job.attempts, job.lease_owner, job.error) == (1, None, None)
+    assert len(service.engine.renders) == 1, "recorded, not rendered again"
+    assert [sent.state for sent in service.webhooks.sent] == [JobState.SUCCEEDED]
+
+
+@pytest.mark.parametrize("claimer", ["other replica", "this replica"])
+async def test_a_cut_off_replica_writes_nothing_once_the_job_was_claimed_again(
+    service: Service, claimer: str
+) -> None:
+    await service.submit(new_job())
+    entry = await service.running()
+    service.store.go_down()
+    # Cut off past its lease: the job is swept and claimed again (a new attempt), by
+    # another replica or by this one (same owner: only the attempt tells them apart).
+    owner = OTHER_REPLICA if claimer == "other replica" else service.scheduler.replica
+    service.store.claim_again("j1", owner)
+    service.engine.finish()
+    await service.store.refused()
+    service.store.come_back()
+    await _ended(entry)
+
+    job = await service.store.get_job("j1")
+    assert job is not None
+    assert (job.state, job.attempts, job.lease_owner) == (JobState.RUNNING, 2, owner)
+    assert (job.result, job.error, job.finished_at) == (None, None, None)
+    assert service.webhooks.sent == [] and service.metrics.finished == []
+    assert service.storage.removed == []
+    # Its heartbeat and stage writes are refused too.
+    assert await service.store.heartbeat("j1", owner, 60.0, None, entry.attempt) is None
+    await service.store.set_job_stage("j1", "encode", owner, entry.attempt)
+    assert service.store.jobs["j1"].stage == job.stage
+
+
+async def test_a_heartbeat_for_an_attempt_claimed_again_stops_the_render(
+    service: Service,
+) -> None:
+    await service.submit(new_job())
+    entry = await service.running()
+    service.store.claim_again("j1", service.scheduler.replica)  # same owner, new attempt
+    await service.scheduler.leases.renew()
+    await _ended(entry)
+
+    assert service.engine.renders[0].cancelled
+    job = await service.store.get_job("j1")
+    assert job is not None and (job.state, job.attempts) == (JobState.RUNNING, 2)
+    assert service.webhooks.sent == []
+
+
+async def test_shutdown_gives_up_an_outcome_waiting_for_the_store(tmp_path: Path) -> None:
+    service = await _service(tmp_path)
+    await service.submit(new_job())
+    entry = await service.running()
+    service.store.go_down()
+    service.engine.finish()
+    await service.store.refused()
+    async with asyncio.timeout(WAIT_S):
+        await service.scheduler.stop()
+    assert entry.task is not None and entry.task.done()
+    assert service.store.jobs["j1"].state is JobState.RUNNING  # its lease expires; runs again
+
+
+async def test_a_job_cancelled_while_the_store_disk_is_full_ends_cancelled_once_freed(
+    service: Service,
+) -> None:
+    await service.submit(new_job())
+    entry = await service.running()
+    service.store.go_down(full=True)
+    stop = entry.stop(StopReason.CANCELLED)  # what DELETE does on the job's replica
+    await service.store.refused()  # its outcome waits: nothing can be written
+    assert stop and service.store.jobs["j1"].state is JobState.RUNNING
+    assert service.store.jobs["j1"].lease_owner == service.scheduler.replica  # a live owner
+    service.store.come_back()  # space freed
+    await _ended(entry)
+
+    job = await service.store.wait_state("j1", JobState.CANCELLED)
+    assert job.error == JobError("infer", "cancelled by the client")
+    assert len(service.engine.renders) == 1 and service.engine.renders[0].cancelled

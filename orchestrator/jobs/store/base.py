@@ -4,12 +4,15 @@ Nothing above the store sees an engine's own exceptions: a client code used twic
 `DuplicateCode`, an engine that cannot be reached is `StoreUnavailable` (HTTP 503).
 
 Leases: a replica claims the oldest queued job atomically and holds it while it renders,
-renewing the lease with a heartbeat; a job whose lease expired belongs to nobody and any
-replica's sweeper re-queues it (orchestrator.jobs.leases). Preparing an avatar is leased
-the same way, keyed by the video's content id, so one replica detects faces and the others
-wait for its result (orchestrator.jobs.avatars). Events ("queued", "cancel:ID",
-"ended:ID", "avatar:ID", "prepared:ID", "avatar-gone:ID") tell the other replicas about
-changes without waiting for their next sweep.
+renewing the lease with a heartbeat; every write about a running job (heartbeat, stage,
+outcome) is fenced by the lease owner and the attempt it was claimed for, so a replica
+that was cut off while another claimed the job again writes nothing. A job whose lease
+expired belongs to nobody and any replica's sweeper re-queues it
+(orchestrator.jobs.leases). Preparing an avatar is leased the same way, keyed by the
+video's content id, so one replica detects faces and the others wait for its result
+(orchestrator.jobs.avatars). Events ("queued", "cancel:ID", "ended:ID", "avatar:ID",
+"prepared:ID", "avatar-gone:ID") tell the other replicas about changes without waiting
+for their next sweep.
 """
 
 from __future__ import annotations
@@ -53,15 +56,24 @@ class JobStore(Protocol):
         ...
 
     async def save_job(self, job: JobRecord) -> None: ...
-    async def update_job(self, job: JobRecord, was: JobState, owner: str | None = None) -> bool:
+    async def update_job(
+        self, job: JobRecord, was: JobState, owner: str | None = None, attempt: int | None = None
+    ) -> bool:
         """Saves the job only if its row is still in state `was` (and, given `owner`,
-        still leased to it); False otherwise. Leaving "running" ends the lease."""
+        still leased to it; given `attempt`, still in the attempt it was claimed for);
+        False otherwise. Leaving "running" ends the lease."""
         ...
 
     async def get_job(self, job_id: str) -> JobRecord | None: ...
     async def job_by_code(self, code: str) -> JobRecord | None: ...
     async def delete_job(self, job_id: str) -> None: ...
-    async def set_job_stage(self, job_id: str, stage: str) -> None: ...
+    async def set_job_stage(
+        self, job_id: str, stage: str, owner: str | None = None, attempt: int | None = None
+    ) -> None:
+        """Records a running job's stage (given `owner` and `attempt`: only while the row
+        is still that owner's lease on that attempt)."""
+        ...
+
     async def list_jobs(
         self, state: JobState | None, before_seq: int | None, limit: int
     ) -> list[JobRecord]: ...
@@ -75,10 +87,16 @@ class JobStore(Protocol):
         ...
 
     async def heartbeat(
-        self, job_id: str, owner: str, lease_s: float, progress: JobProgress | None
+        self,
+        job_id: str,
+        owner: str,
+        lease_s: float,
+        progress: JobProgress | None,
+        attempt: int | None = None,
     ) -> bool | None:
         """Renews the lease and records progress: None if the lease is no longer
-        `owner`'s, else whether a cancel was requested."""
+        `owner`'s (or, given `attempt`, the job was claimed again since), else whether a
+        cancel was requested."""
         ...
 
     async def stale_jobs(self, previous: str | None) -> list[JobRecord]:

@@ -16,9 +16,9 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -26,7 +26,13 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from orchestrator.jobs.lifecycle import ACTIVE_STATES, TERMINAL_STATES, JobState
-from orchestrator.jobs.store.base import QUEUED_EVENT, STAGE, DuplicateCode, StoreUnavailable
+from orchestrator.jobs.store.base import (
+    QUEUED_EVENT,
+    STAGE,
+    DuplicateCode,
+    StoreFull,
+    StoreUnavailable,
+)
 from orchestrator.jobs.store.migrations import (
     PG_MIGRATION_LOCK,
     POSTGRES,
@@ -59,6 +65,7 @@ LISTEN_RETRY_S = 1.0  # pause between attempts to listen again after an outage
 NOW = "extract(epoch FROM clock_timestamp())::float8"
 JOB_COLUMNS = "body, seq, lease_owner, cancel_requested"
 _UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
+T = TypeVar("T")
 
 
 def _set_state(job: JobRecord) -> str:
@@ -136,30 +143,45 @@ class PostgresStore:
             await asyncio.gather(self._listener, return_exceptions=True)
         await self._pool.close()
 
-    @asynccontextmanager
-    async def _connection(
-        self, bounded: bool = True
-    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled connection for the block; the whole block must be answered within the
-        answer timeout (unless not `bounded`): a frozen server (connections open, nothing
-        answered) is as down as one that refuses, and says so fast."""
-        deadline = asyncio.timeout(self._answer_timeout_s if bounded else None)
+    async def _run(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """`work` on a pooled connection, answered within the answer timeout: a frozen
+        server (connections open, nothing answered) is as down as one that refuses, and
+        says so fast.
+
+        The work runs in a task of its own, which is abandoned (cancelled, not awaited)
+        when the deadline passes or the caller goes away: cancelling a psycopg call makes
+        it send a cancel request to the server and wait for it, seconds more when the
+        server is frozen, so that clean-up finishes in the background, holding one pooled
+        connection until it does, while the caller has its answer."""
+
+        async def attempt() -> T:
+            async with self._pool.connection() as connection:
+                return await work(connection)
+
+        task = asyncio.create_task(attempt(), name="store-call")
         try:
-            async with deadline, self._pool.connection() as connection:
-                yield connection
-        except _UNREACHABLE as exc:
-            raise self._unavailable(exc) from None
-        except TimeoutError:
-            if not deadline.expired():
-                raise
+            done, _ = await asyncio.wait({task}, timeout=self._answer_timeout_s)
+        except asyncio.CancelledError:
+            _abandon(task)
+            raise
+        if not done:
+            _abandon(task)
             raise StoreUnavailable(
                 STAGE, f"{self._where} did not answer within {self._answer_timeout_s:g} s"
-            ) from None
+            )
+        try:
+            return task.result()
+        except psycopg.errors.DiskFull as exc:  # not a 503: nothing is written until freed
+            raise StoreFull(STAGE, f"disk full: {self._unavailable(exc, 'full').message}") from None
+        except _UNREACHABLE as exc:
+            raise self._unavailable(exc) from None
 
     async def _sql(self, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        async with self._connection() as connection:
+        async def fetch(connection: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
             cursor = await connection.execute(query, params)
             return await cursor.fetchall() if cursor.description else []
+
+        return await self._run(fetch)
 
     async def _jobs(self, where: str, params: tuple[object, ...] = ()) -> list[JobRecord]:
         rows = await self._sql(f"SELECT {JOB_COLUMNS} FROM jobs {where}", params)
@@ -173,12 +195,15 @@ class PostgresStore:
         # A transaction-level advisory lock: released when the block's transaction ends,
         # also when this replica dies (its connection goes with it).
         # Held for the whole block (a sweep), so not bound by the answer timeout.
-        async with self._connection(bounded=False) as connection, connection.transaction():
-            cursor = await connection.execute(
-                "SELECT pg_try_advisory_xact_lock(%s)", (_lock_key(name),)
-            )
-            row = await cursor.fetchone()
-            yield bool(row and row[0])
+        try:
+            async with self._pool.connection() as connection, connection.transaction():
+                cursor = await connection.execute(
+                    "SELECT pg_try_advisory_xact_lock(%s)", (_lock_key(name),)
+                )
+                row = await cursor.fetchone()
+                yield bool(row and row[0])
+        except _UNREACHABLE as exc:
+            raise self._unavailable(exc) from None
 
     # jobs
 
@@ -200,25 +225,27 @@ class PostgresStore:
         return int(row[0])
 
     async def add_job(self, job: JobRecord) -> JobRecord:
-        async with self._connection() as connection:
-            job.seq = await self._insert(connection, job)
+        job.seq = await self._run(lambda connection: self._insert(connection, job))
         return job
 
     async def admit_job(self, job: JobRecord, max_backlog: int) -> Admission:
-        async with self._connection() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock(%s)", (ADMISSION_LOCK,))
-            cursor = await connection.execute(
-                "SELECT (SELECT COUNT(*) FROM jobs WHERE state='queued'), "
-                "(SELECT COUNT(*) FROM jobs WHERE state='running'), "
-                f"(SELECT COALESCE(SUM(slots), 0) FROM replicas WHERE expires_at > {NOW})"
-            )
-            row = await cursor.fetchone()
-            assert row is not None
-            queued, running, capacity = (int(value) for value in row)
-            accepted = queued < max_backlog + max(0, capacity - running)
-            if accepted:
-                job.seq = await self._insert(connection, job)
-        return Admission(accepted, queued, running, capacity)
+        async def admit(connection: psycopg.AsyncConnection[Any]) -> Admission:
+            async with connection.transaction():
+                await connection.execute("SELECT pg_advisory_xact_lock(%s)", (ADMISSION_LOCK,))
+                cursor = await connection.execute(
+                    "SELECT (SELECT COUNT(*) FROM jobs WHERE state='queued'), "
+                    "(SELECT COUNT(*) FROM jobs WHERE state='running'), "
+                    f"(SELECT COALESCE(SUM(slots), 0) FROM replicas WHERE expires_at > {NOW})"
+                )
+                row = await cursor.fetchone()
+                assert row is not None
+                queued, running, capacity = (int(value) for value in row)
+                accepted = queued < max_backlog + max(0, capacity - running)
+                if accepted:
+                    job.seq = await self._insert(connection, job)
+            return Admission(accepted, queued, running, capacity)
+
+        return await self._run(admit)
 
     async def save_job(self, job: JobRecord) -> None:
         await self._sql(
@@ -226,13 +253,13 @@ class PostgresStore:
             (job.state, Jsonb(body_json(job)), job.id),
         )
 
-    async def update_job(self, job: JobRecord, was: JobState, owner: str | None = None) -> bool:
-        query = f"UPDATE jobs {_set_state(job)} WHERE id=%s AND state=%s"
-        params: tuple[object, ...] = (job.state, Jsonb(body_json(job)), job.id, was)
-        if owner is not None:
-            query += " AND lease_owner=%s"
-            params = (*params, owner)
-        return bool(await self._sql(query + " RETURNING seq", params))
+    async def update_job(
+        self, job: JobRecord, was: JobState, owner: str | None = None, attempt: int | None = None
+    ) -> bool:
+        fence, fenced = _fence(owner, attempt)
+        query = f"UPDATE jobs {_set_state(job)} WHERE id=%s AND state=%s{fence} RETURNING seq"
+        params = (job.state, Jsonb(body_json(job)), job.id, was, *fenced)
+        return bool(await self._sql(query, params))
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         jobs = await self._jobs("WHERE id=%s", (job_id,))
@@ -245,11 +272,14 @@ class PostgresStore:
     async def delete_job(self, job_id: str) -> None:
         await self._sql("DELETE FROM jobs WHERE id=%s", (job_id,))
 
-    async def set_job_stage(self, job_id: str, stage: str) -> None:
+    async def set_job_stage(
+        self, job_id: str, stage: str, owner: str | None = None, attempt: int | None = None
+    ) -> None:
+        fence, fenced = _fence(owner, attempt)
         await self._sql(
             "UPDATE jobs SET body = body || jsonb_build_object('stage', %s::text) "
-            "WHERE id=%s AND state=%s",
-            (stage, job_id, RUNNING),
+            f"WHERE id=%s AND state=%s{fence}",
+            (stage, job_id, RUNNING, *fenced),
         )
 
     async def list_jobs(
@@ -305,7 +335,12 @@ class PostgresStore:
         return job_from_row(*rows[0]) if rows else None
 
     async def heartbeat(
-        self, job_id: str, owner: str, lease_s: float, progress: JobProgress | None
+        self,
+        job_id: str,
+        owner: str,
+        lease_s: float,
+        progress: JobProgress | None,
+        attempt: int | None = None,
     ) -> bool | None:
         body = "body"
         params: tuple[object, ...] = ()
@@ -320,10 +355,11 @@ class PostgresStore:
                 progress.frames_total,
                 progress.frames_per_second,
             )
+        fence, fenced = _fence(owner, attempt)
         rows = await self._sql(
             f"UPDATE jobs SET lease_expires_at={NOW} + %s, body={body} "
-            "WHERE id=%s AND state='running' AND lease_owner=%s RETURNING cancel_requested",
-            (lease_s, *params, job_id, owner),
+            f"WHERE id=%s AND state='running'{fence} RETURNING cancel_requested",
+            (lease_s, *params, job_id, *fenced),
         )
         return bool(rows[0][0]) if rows else None
 
@@ -444,6 +480,25 @@ class PostgresStore:
 
     async def delete_avatar(self, avatar_id: str) -> None:
         await self._sql("DELETE FROM avatars WHERE id=%s", (avatar_id,))
+
+
+def _fence(owner: str | None, attempt: int | None) -> tuple[str, tuple[object, ...]]:
+    """The conditions (and their parameters) that keep a write about a running job to
+    the lease `owner` holds on the attempt it claimed: a replica cut off while another
+    claimed the job again writes nothing."""
+    where, params = "", ()  # type: tuple[str, tuple[object, ...]]
+    if owner is not None:
+        where, params = " AND lease_owner=%s", (owner,)
+    if attempt is not None:
+        where, params = f"{where} AND (body->>'attempts')::int=%s", (*params, attempt)
+    return where, params
+
+
+def _abandon(task: asyncio.Task[Any]) -> None:
+    """Cancels a store call nobody waits for any more; its outcome is dropped (it ends in
+    the background, its connection back in the pool or closed)."""
+    task.cancel()
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 def _lock_key(name: str) -> int:

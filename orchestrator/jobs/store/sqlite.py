@@ -48,6 +48,18 @@ def _set_state(job: JobRecord) -> str:
     return f"SET state=?, body=?{lease}{cancel}"
 
 
+def _fence(owner: str | None, attempt: int | None) -> tuple[str, tuple[object, ...]]:
+    """The conditions (and their parameters) that keep a write about a running job to
+    the lease `owner` holds on the attempt it claimed: a replica cut off while another
+    claimed the job again writes nothing."""
+    where, params = "", ()  # type: tuple[str, tuple[object, ...]]
+    if owner is not None:
+        where, params = " AND lease_owner=?", (owner,)
+    if attempt is not None:
+        where, params = f"{where} AND json_extract(body, '$.attempts')=?", (*params, attempt)
+    return where, params
+
+
 class SqliteStore:
     """JobStore on one SQLite file; every call runs on the store's own thread."""
 
@@ -190,12 +202,12 @@ class SqliteStore:
             (job.state, json.dumps(body_json(job)), job.id),
         )
 
-    async def update_job(self, job: JobRecord, was: JobState, owner: str | None = None) -> bool:
-        query = f"UPDATE jobs {_set_state(job)} WHERE id=? AND state=?"
-        params: tuple[object, ...] = (job.state, json.dumps(body_json(job)), job.id, was)
-        if owner is not None:
-            query += " AND lease_owner=?"
-            params = (*params, owner)
+    async def update_job(
+        self, job: JobRecord, was: JobState, owner: str | None = None, attempt: int | None = None
+    ) -> bool:
+        fence, fenced = _fence(owner, attempt)
+        query = f"UPDATE jobs {_set_state(job)} WHERE id=? AND state=?{fence}"
+        params = (job.state, json.dumps(body_json(job)), job.id, was, *fenced)
         rows = await self._run(self._sql, query + " RETURNING seq", params)
         return bool(rows)
 
@@ -210,13 +222,16 @@ class SqliteStore:
     async def delete_job(self, job_id: str) -> None:
         await self._run(self._sql, "DELETE FROM jobs WHERE id=?", (job_id,))
 
-    async def set_job_stage(self, job_id: str, stage: str) -> None:
+    async def set_job_stage(
+        self, job_id: str, stage: str, owner: str | None = None, attempt: int | None = None
+    ) -> None:
         """Records the stage a running job has reached, so a job cut off by a crash is
         reported in the stage it was in; a job that has ended meanwhile is left alone."""
+        fence, fenced = _fence(owner, attempt)
         await self._run(
             self._sql,
-            "UPDATE jobs SET body=json_set(body, '$.stage', ?) WHERE id=? AND state=?",
-            (stage, job_id, RUNNING),
+            f"UPDATE jobs SET body=json_set(body, '$.stage', ?) WHERE id=? AND state=?{fence}",
+            (stage, job_id, RUNNING, *fenced),
         )
 
     async def list_jobs(
@@ -281,7 +296,12 @@ class SqliteStore:
         return job_from_row(*rows[0]) if rows else None
 
     async def heartbeat(
-        self, job_id: str, owner: str, lease_s: float, progress: JobProgress | None
+        self,
+        job_id: str,
+        owner: str,
+        lease_s: float,
+        progress: JobProgress | None,
+        attempt: int | None = None,
     ) -> bool | None:
         body = "body"
         params: tuple[object, ...] = ()
@@ -296,11 +316,12 @@ class SqliteStore:
                 progress.frames_total,
                 progress.frames_per_second,
             )
+        fence, fenced = _fence(owner, attempt)
         rows = await self._run(
             self._sql,
             f"UPDATE jobs SET lease_expires_at=?, body={body} "
-            "WHERE id=? AND state='running' AND lease_owner=? RETURNING cancel_requested",
-            (time.time() + lease_s, *params, job_id, owner),
+            f"WHERE id=? AND state='running'{fence} RETURNING cancel_requested",
+            (time.time() + lease_s, *params, job_id, *fenced),
         )
         return bool(rows[0][0]) if rows else None
 
