@@ -201,7 +201,8 @@ class _Detection:
             self.faces[index] = (found, np.array([face.score for face in faces], np.float64))
             # The default track follows the largest face: the speaker nearest the camera.
             best = largest(found)
-            midpoints.extend(self.plan.record(index, no_face() if best is None else best))
+            box = no_face() if best is None else best
+            midpoints.extend(self.plan.record(index, box, found))
         self._publish()
         for index in sorted(midpoints):
             await self._queue(index, await self._read(index))
