@@ -84,7 +84,7 @@ def test_a_point_picks_the_face_holding_it_else_the_nearest_near_enough() -> Non
 
 
 def test_the_chosen_face_is_followed_by_overlap_and_lost_where_it_is_not() -> None:
-    moved = RIGHT + [4, 1, 4, 1]
+    moved = RIGHT + np.array([4, 1, 4, 1])
     faces = _faces(
         [0, 4, 8, 12, 16],
         [
@@ -92,7 +92,7 @@ def test_the_chosen_face_is_followed_by_overlap_and_lost_where_it_is_not() -> No
             [RIGHT, LEFT],
             [LEFT + 2, moved],  # both moved a little; the detector's order changed
             [LEFT],  # the right face is gone here
-            [moved + [2, 0, 2, 0], LEFT],  # and back, overlapping where it was last seen
+            [moved + np.array([2, 0, 2, 0]), LEFT],  # and back, overlapping where it was last seen
         ],
     )
     rows = follow(faces, 4, RIGHT)
@@ -100,7 +100,7 @@ def test_the_chosen_face_is_followed_by_overlap_and_lost_where_it_is_not() -> No
     np.testing.assert_array_equal(rows[1], RIGHT)
     np.testing.assert_array_equal(rows[2], moved)
     assert not boxes.has_face(rows[3:4]).any(), "lost: the left face does not overlap it"
-    np.testing.assert_array_equal(rows[4], moved + [2, 0, 2, 0])
+    np.testing.assert_array_equal(rows[4], moved + np.array([2, 0, 2, 0]))
 
 
 def test_chosen_track_starts_at_the_first_frame_with_faces_and_leaves_lost_frames_alone() -> None:
