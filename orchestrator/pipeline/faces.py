@@ -115,9 +115,11 @@ class KeyframeFaces:
         with np.load(path) as stored:
             frames, counts = stored["frames"], stored["counts"]
             ends = np.cumsum(counts)[:-1]
+            if not len(frames):
+                return cls([], [], [])
             boxes = np.split(stored["boxes"].astype(np.float64), ends)
             scores = np.split(stored["scores"].astype(np.float64), ends)
-        return cls([int(f) for f in frames], boxes if len(frames) else [], scores)
+        return cls([int(f) for f in frames], boxes, scores)
 
 
 def largest(found: np.ndarray) -> np.ndarray | None:

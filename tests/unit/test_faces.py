@@ -133,4 +133,4 @@ def test_every_face_round_trips_through_the_cache_file(tmp_path: Path) -> None:
     assert [len(s) for s in back.scores] == [2, 0, 1]
     empty = KeyframeFaces([], [], [])
     empty.save(tmp_path / "empty.npz")
-    assert KeyframeFaces.load(tmp_path / "empty.npz").frames == []
+    assert KeyframeFaces.load(tmp_path / "empty.npz") == empty
