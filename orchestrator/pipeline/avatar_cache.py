@@ -22,6 +22,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +76,7 @@ class Avatar:
             "faces": self.first_faces(),
         }
 
-    def first_faces(self) -> list[dict[str, object]]:
+    def first_faces(self) -> list[dict[str, Any]]:
         """The faces a job may choose: those of the first frame with faces, left to right."""
         first = first_frame_faces(self.faces)
         if first is None:
