@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from orchestrator.errors import BadInput, PipelineError, describe
+from orchestrator.pipeline.faces import DEFAULT_CHOICE, FaceChoice
 from orchestrator.pipeline.runner import Engine
 from orchestrator.progress import ProgressBar, summary
 from orchestrator.settings import Settings
@@ -62,11 +63,21 @@ async def probe(settings: Settings) -> None:
         )
 
 
-async def generate(settings: Settings, avatar: Path, audio: Path, out: Path) -> None:
+def face_choice(text: str) -> FaceChoice:
+    """--face as argparse takes it: a bad value is a usage error (exit status 2)."""
+    try:
+        return FaceChoice.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+async def generate(
+    settings: Settings, avatar: Path, audio: Path, out: Path, face: FaceChoice = DEFAULT_CHOICE
+) -> None:
     bar = ProgressBar()
     try:
         async with Engine(settings) as engine:
-            result = await engine.generate(avatar, audio, out, on_progress=bar)
+            result = await engine.generate(avatar, audio, out, on_progress=bar, face=face)
     finally:
         bar.close()
     print(summary(result))
@@ -151,6 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--avatar", type=Path, required=True, help="avatar video")
     gen.add_argument("--audio", type=Path, required=True, help="speech track (any format)")
     gen.add_argument("-o", "--output", type=Path, required=True, help="the MP4 to write")
+    gen.add_argument(
+        "--face",
+        type=face_choice,
+        default=DEFAULT_CHOICE,
+        metavar="largest|K|X,Y",
+        help="the face to animate: the largest (default), the K-th from the left, or the one "
+        "at pixel X,Y, in the first frame where faces are found",
+    )
     sub.add_parser(
         "serve", help="run the REST service and render its jobs, one process (DH_HOST, DH_PORT)"
     )
@@ -182,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "probe":
             asyncio.run(probe(settings))
         elif args.verb == "generate":
-            asyncio.run(generate(settings, args.avatar, args.audio, args.output))
+            asyncio.run(generate(settings, args.avatar, args.audio, args.output, args.face))
         elif args.verb == "avatar":
             asyncio.run(prepare(settings, args.video))
         elif args.verb in ("serve", "api", "worker"):

@@ -10,10 +10,12 @@ from synthmedia.audio import (
 )
 from synthmedia.avatar import mouth_region, write_avatar_video, write_video_without_audio
 from synthmedia.contact_sheet import write_contact_sheet
+from synthmedia.two_faces import two_face_mouths, write_two_face_video
 
 __all__ = [
     "bursts",
     "mouth_region",
+    "two_face_mouths",
     "voiced_speech",
     "write_audio",
     "write_avatar_video",
@@ -21,5 +23,6 @@ __all__ = [
     "write_empty",
     "write_random_bytes",
     "write_speech",
+    "write_two_face_video",
     "write_video_without_audio",
 ]

@@ -301,6 +301,7 @@ class FakeEngine:
         audio_name: str | None = None,
         avatar_name: str | None = None,
         restore_face: bool = False,
+        face: object = None,
     ) -> Any:
         render = FakeRender()
         self.renders.append(render)

@@ -13,6 +13,7 @@ import pytest
 from localtriton.server import free_port
 from synthmedia.audio import voiced_speech, write_audio, write_empty
 from synthmedia.avatar import write_avatar_video
+from synthmedia.two_faces import write_two_face_video
 from tests.conftest import REPO, TritonAddress
 
 DH = [sys.executable, "-m", "orchestrator.cli"]
@@ -140,3 +141,25 @@ def test_a_heartbeat_slower_than_the_lease_is_refused_in_one_line(tmp_path: Path
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("dh: settings: DH_LEASE_HEARTBEAT_S (6) must be below DH_LEASE_S (5)")
+
+
+def test_a_face_naming_none_exits_2_with_the_faces_there_are(
+    dh_env: dict[str, str], media: tuple[Path, Path], tmp_path: Path
+) -> None:
+    two = tmp_path / "two.mp4"
+    write_two_face_video(two, seconds=0.4, half_size=(160, 160))
+    base = ["generate", "--avatar", str(two), "--audio", str(media[1]), "-o"]
+
+    chosen = _dh([*base, str(tmp_path / "right.mp4"), "--face", "1"], dh_env)
+    missing = _dh([*base, str(tmp_path / "none.mp4"), "--face", "2"], dh_env)
+    malformed = _dh([*base, str(tmp_path / "bad.mp4"), "--face", "left"], dh_env)
+
+    assert chosen.returncode == 0, chosen.stderr
+    assert "0 frames without a face" in chosen.stdout
+    assert missing.returncode == 2
+    reason = missing.stderr.strip().splitlines()[-1]
+    assert reason.startswith("dh: avatar: face 2 names no face of the avatar: face 2 is not there")
+    assert "frame 0 has 2 faces (0: (" in reason
+    assert not (tmp_path / "none.mp4").exists()
+    assert malformed.returncode == 2
+    assert "face must be 'largest', a face index K >= 0 or a point X,Y" in malformed.stderr

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import UTC, datetime
+from typing import Any
 
 from orchestrator.api.schemas import (
     AvatarDocument,
     AvatarLinks,
     ErrorDetail,
+    FaceBox,
     JobDocument,
     JobLinks,
     JobResult,
@@ -32,6 +34,16 @@ def _error(record: JobError | dict[str, str] | None) -> ErrorDetail | None:
     if isinstance(record, JobError):
         return ErrorDetail(stage=record.stage, message=record.message, retryable=record.retryable)
     return None if record is None else ErrorDetail.model_validate(record)
+
+
+def _faces(faces: list[dict[str, Any]] | None) -> list[FaceBox] | None:
+    if faces is None:
+        return None
+    return [
+        FaceBox(index=f["index"], frame=f["frame"], x1=x1, y1=y1, x2=x2, y2=y2)
+        for f in faces
+        for x1, y1, x2, y2 in [f["box"]]
+    ]
 
 
 def job_links(job_id: str) -> dict[str, str]:
@@ -84,6 +96,7 @@ def job_document(job: JobRecord, live: LiveProgress | None = None) -> JobDocumen
         if job.webhook is not None and job.webhook_url
         else None,
         client_code=job.client_code,
+        face=job.face,
         links=JobLinks.model_validate(job_links(job.id)),
     )
 
@@ -105,6 +118,7 @@ def avatar_document(avatar: AvatarRecord, frames_decoded: int | None = None) -> 
         height=avatar.height,
         frames_with_face=avatar.frames_with_face,
         detected_frames=avatar.detected_frames,
+        faces=_faces(avatar.faces),
         error=_error(avatar.error),
         links=AvatarLinks(self=f"/v1/avatars/{avatar.id}"),
     )

@@ -5,15 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from orchestrator.api.deps import Service
 from orchestrator.blocking import run_blocking
 from orchestrator.errors import BadInput
 from orchestrator.jobs.admission import JobInputs
 from orchestrator.jobs.lifecycle import AvatarState
 from orchestrator.jobs.limits import AudioInfo, check_audio, check_video
-from orchestrator.jobs.store import JobRecord
+from orchestrator.jobs.store import AvatarRecord, JobRecord
 from orchestrator.jobs.webhook import check_webhook_url
 from orchestrator.pipeline.decode import VideoInfo
+from orchestrator.pipeline.faces import FaceChoice, NoSuchFace, pick
 
 STAGE = "request"
 
@@ -24,6 +27,31 @@ def audio_check(service: Service) -> Callable[[Path, bool, str], AudioInfo | Non
 
 def video_check(service: Service) -> Callable[[Path, bool, str], VideoInfo | None]:
     return lambda path, partial, name: check_video(path, service.settings, partial, name)
+
+
+def face_choice(text: str | None) -> FaceChoice:
+    """A request's `face` field (absent: the largest); a malformed one is a 422."""
+    try:
+        return FaceChoice.parse(text)
+    except ValueError as exc:
+        raise BadInput(STAGE, str(exc)) from None
+
+
+def check_face(choice: FaceChoice, avatar: AvatarRecord) -> None:
+    """Refuses, listing the faces there are, a choice naming none of a prepared avatar's
+    faces. An avatar still being prepared (or a one-off video) is checked when the job
+    renders, and the job fails with the same message."""
+    if choice.is_default or avatar.state != AvatarState.READY or avatar.faces is None:
+        return
+    if not avatar.faces:
+        raise BadInput(STAGE, f"face {choice}: avatar '{avatar.id}' has no face to choose from")
+    frame = avatar.faces[0]["frame"]
+    found = np.array([face["box"] for face in avatar.faces], np.float64)
+    try:
+        pick(found, choice, frame)
+    except NoSuchFace as exc:
+        message = f"face {choice} names no face of avatar '{avatar.id}': {exc}"
+        raise BadInput(STAGE, message) from None
 
 
 def face_restore_unavailable(service: Service) -> str | None:
@@ -43,12 +71,15 @@ async def submit_job(
     webhook_url: str | None = None,
     watermark: bool = False,
     restore_face: bool = False,
+    face: FaceChoice | None = None,
     audio_name: str | None = None,
     video_name: str | None = None,
 ) -> JobRecord:
     """Queues a job from staged files. The staged files are the caller's to discard if
     this raises; on success they belong to the job. The names are the inputs as the
-    client named them (an upload's filename, a URL's last part): messages use them."""
+    client named them (an upload's filename, a URL's last part): messages use them.
+    `face`: the face to animate (None: the largest)."""
+    choice = face or FaceChoice()
     if (video is None) == (avatar_id is None):
         raise BadInput(STAGE, "send either an avatar_id or a video file, not both or neither")
     if webhook_url:
@@ -64,6 +95,7 @@ async def submit_job(
         if avatar.state == AvatarState.FAILED:
             reason = (avatar.error or {}).get("message", "unknown reason")
             raise BadInput(STAGE, f"avatar '{avatar_id}' could not be prepared: {reason}")
+        check_face(choice, avatar)
         inputs = JobInputs(
             audio=audio,
             audio_seconds=info.seconds,
@@ -76,6 +108,7 @@ async def submit_job(
             video_name=avatar.source_name,
             watermark=watermark,
             restore_face=restore_face,
+            face=str(choice),
         )
     else:
         assert video is not None and video_content_id is not None
@@ -92,6 +125,7 @@ async def submit_job(
             video_name=video_name,
             watermark=watermark,
             restore_face=restore_face,
+            face=str(choice),
         )
     # A client code used twice: DuplicateCode (409) from the store, whichever engine.
     return await service.admission.submit(inputs)

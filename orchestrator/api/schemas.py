@@ -9,13 +9,24 @@ the schema lists exactly the states the store keeps.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.jobs.lifecycle import AvatarState, JobState
 
 __all__ = ["AvatarState", "JobState"]  # re-exported: the routes' query parameters use them
+
+
+# How a request names the face to animate (orchestrator.pipeline.faces.FaceChoice).
+FACE_PATTERN = r"^\s*(largest|[0-9]+|[0-9]+(\.[0-9]+)?\s*,\s*[0-9]+(\.[0-9]+)?)\s*$"
+FACE_DESCRIPTION = (
+    "the face to animate, in the first frame where faces are found: 'largest' (the "
+    "default), an index K (faces counted from 0 left to right, as GET /v1/avatars/{id} "
+    "lists them) or a point 'X,Y' in pixels (the face whose box holds it, else the nearest); "
+    "a choice naming no face is a 422 listing the faces there are"
+)
+FaceField = Annotated[str, Field(pattern=FACE_PATTERN, description=FACE_DESCRIPTION)]
 
 
 class ErrorDetail(BaseModel):
@@ -92,6 +103,7 @@ class JobDocument(BaseModel):
     error: ErrorDetail | None
     webhook: WebhookOutcome | None
     client_code: str | None = Field(description="HeyGem's task code, for jobs from /easy")
+    face: str = Field("largest", description="the face the job animates, as it was asked for")
     links: JobLinks
 
 
@@ -102,6 +114,17 @@ class JobPage(BaseModel):
 
 class AvatarLinks(BaseModel):
     self: str
+
+
+class FaceBox(BaseModel):
+    """One face a job may choose: its index (left to right) and its box in pixels."""
+
+    index: int = Field(description="what a job's `face` field names it by")
+    frame: int = Field(description="the first frame where faces are found")
+    x1: float
+    y1: float
+    x2: float
+    y2: float
 
 
 class AvatarDocument(BaseModel):
@@ -117,6 +140,11 @@ class AvatarDocument(BaseModel):
     height: int | None
     frames_with_face: int | None
     detected_frames: int | None
+    faces: list[FaceBox] | None = Field(
+        None,
+        description="once ready: the faces of the first frame where faces are found, left "
+        "to right; a job's `face` chooses among them",
+    )
     error: ErrorDetail | None
     links: AvatarLinks
 

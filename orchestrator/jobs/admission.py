@@ -45,6 +45,7 @@ class JobInputs:
     video_name: str | None = None
     watermark: bool = False
     restore_face: bool = False
+    face: str = "largest"  # pipeline.faces.FaceChoice, as text
 
 
 class Admission:
@@ -94,6 +95,7 @@ class Admission:
                 video_name=inputs.video_name,
                 watermark=inputs.watermark,
                 restore_face=inputs.restore_face,
+                face=inputs.face,
             )
             try:
                 admitted = await self.store.admit_job(job, self.settings.max_backlog)

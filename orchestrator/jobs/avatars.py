@@ -337,6 +337,7 @@ class Avatars:
             record.width, record.height = avatar.width, avatar.height
             record.frames_with_face = avatar.frames_with_face
             record.detected_frames = avatar.detected_frames
+            record.faces = avatar.first_faces()
             record.frames_seen = avatar.frame_count
         except asyncio.CancelledError:
             await self._release(record.id)  # deleted, or this replica stops: others may

@@ -33,6 +33,7 @@ from orchestrator.jobs.outcomes import (
 from orchestrator.jobs.store import JobError, JobResult, JobStore, StoreUnavailable
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.pipeline.encode import Watermark
+from orchestrator.pipeline.faces import FaceChoice
 from orchestrator.pipeline.runner import Engine, Progress
 from orchestrator.pipeline.runner import JobResult as RenderResult
 from orchestrator.settings import Settings
@@ -95,6 +96,7 @@ class JobRunner:
                         audio_name=job.audio_name,
                         avatar_name=job.video_name,
                         restore_face=job.restore_face,
+                        face=FaceChoice.parse(job.face),
                     )
             return _succeeded(rendered)
         except asyncio.CancelledError:

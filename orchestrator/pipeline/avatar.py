@@ -182,6 +182,7 @@ class _Preparation:
             detected_frames=detected.detected_frames,
             frame_codec=owner.settings.avatar_frame_codec,
             boxes=detected.boxes,
+            faces=detected.faces,
         )
         await run_blocking(pool, avatar_cache.install, self.scratch)
         avatar = load_avatar(self.scratch.target)

@@ -3,7 +3,8 @@
 Layout, under the data directory:
 
     avatars/<avatar_id>/frames.bin, frames.idx.npy   the frame store (frame_store.py)
-    avatars/<avatar_id>/boxes.npy                    face box of every frame, int32 [N, 4]
+    avatars/<avatar_id>/boxes.npy                    largest face's box per frame, int32 [N, 4]
+    avatars/<avatar_id>/faces.npz                    every face of each keyframe (faces.py)
     avatars/<avatar_id>/meta.json                    what load_avatar needs, STORE_VERSION
     avatars/.<avatar_id>.<random>.partial/           a cache being written or removed
 
@@ -21,21 +22,24 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from orchestrator.files import Partial, is_partial, partial_path, remove_path
 from orchestrator.pipeline import boxes as face_boxes
+from orchestrator.pipeline.faces import KeyframeFaces, first_frame_faces
 from orchestrator.pipeline.frame_store import FrameCodec, FrameStore
 
 AVATARS_FOLDER = "avatars"
 BOXES_FILE = "boxes.npy"
+FACES_FILE = "faces.npz"
 META_FILE = "meta.json"
 HASH_CHUNK = 1 << 20
 # The avatar id is this many hex digits of the video's SHA-256.
 CONTENT_ID_HEX = 32
 # Bump when the store's layout or the box maths change, so old caches are not reused.
-STORE_VERSION = 3  # 3: adaptive stride, smaller detector input
+STORE_VERSION = 4  # 3: adaptive stride, smaller detector input; 4: every face kept
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Avatar:
     boxes: np.ndarray  # [frame_count, 4] int32, -1 rows where no face was found
     detected_frames: int  # frames the detector looked at
     frame_codec: FrameCodec
+    faces: KeyframeFaces  # every face of each keyframe, for a job choosing another one
 
     @property
     def frames_with_face(self) -> int:
@@ -68,7 +73,16 @@ class Avatar:
             "height": self.height,
             "frames_with_face": self.frames_with_face,
             "detected_frames": self.detected_frames,
+            "faces": self.first_faces(),
         }
+
+    def first_faces(self) -> list[dict[str, Any]]:
+        """The faces a job may choose: those of the first frame with faces, left to right."""
+        first = first_frame_faces(self.faces)
+        if first is None:
+            return []
+        frame, found = first
+        return [{"index": i, "frame": frame, "box": list(box)} for i, box in enumerate(found)]
 
 
 def content_id(path: Path) -> str:
@@ -104,6 +118,7 @@ def load_avatar(directory: Path) -> Avatar | None:
         boxes=np.load(directory / BOXES_FILE),
         detected_frames=meta["detected_frames"],
         frame_codec=meta["frame_codec"],
+        faces=KeyframeFaces.load(directory / FACES_FILE),
     )
 
 
@@ -139,9 +154,12 @@ def write_avatar(
     detected_frames: int,
     frame_codec: FrameCodec,
     boxes: np.ndarray,
+    faces: KeyframeFaces,
 ) -> None:
-    """Writes the boxes and the metadata beside a frame store already in `folder`."""
+    """Writes the boxes, the faces and the metadata beside a frame store already in
+    `folder`; the metadata last, since it marks the cache complete."""
     np.save(folder / BOXES_FILE, boxes)
+    faces.save(folder / FACES_FILE)
     meta = {
         "store_version": STORE_VERSION,
         "avatar_id": avatar_id,

@@ -45,10 +45,12 @@ class AvatarPrefix:
         self._listeners: list[Listener] = []
 
     @classmethod
-    def of(cls, avatar: Avatar) -> AvatarPrefix:
-        """A prepared avatar as a complete prefix."""
+    def of(cls, avatar: Avatar, boxes: np.ndarray | None = None) -> AvatarPrefix:
+        """A prepared avatar as a complete prefix; `boxes` replaces its per-frame track
+        (the face a job chose, faces.chosen_track)."""
         prefix = cls(avatar.avatar_id, avatar.width, avatar.height, avatar.fps, avatar.open_frames)
-        prefix._boxes, prefix._ready = avatar.boxes, avatar.frame_count
+        prefix._boxes = avatar.boxes if boxes is None else boxes
+        prefix._ready = avatar.frame_count
         prefix.frames_decoded = avatar.frame_count
         prefix._avatar = avatar
         return prefix

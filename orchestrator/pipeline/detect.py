@@ -25,6 +25,7 @@ from orchestrator.errors import PipelineError
 from orchestrator.pipeline import boxes as face_boxes
 from orchestrator.pipeline.avatar_prefix import AvatarPrefix
 from orchestrator.pipeline.decode import VideoInfo, read_video_frames
+from orchestrator.pipeline.faces import KeyframeFaces, largest
 from orchestrator.pipeline.frame_store import FrameWriter
 from orchestrator.pipeline.keyframes import KeyframePlan, no_face
 from orchestrator.settings import Settings
@@ -37,11 +38,13 @@ S3FD_MEAN_BGR = np.array([104.0, 117.0, 123.0], np.float32)
 
 @dataclass(frozen=True)
 class DetectedAvatar:
-    """What detection found: the frame count and every frame's tracked face box."""
+    """What detection found: the frame count, every frame's tracked box of the largest
+    face, and every face of each keyframe (for a job that chooses another)."""
 
     frame_count: int
     detected_frames: int  # frames the detector looked at
     boxes: np.ndarray  # [frame_count, 4] int32, -1 rows where no face was found
+    faces: KeyframeFaces
 
 
 def detector_input(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
@@ -97,6 +100,7 @@ class _Detection:
         self.decoded = 0
         self.decoding = True
         self.rows: list[np.ndarray] = []
+        self.faces: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # keyframe: boxes, scores
         self.published = 0
         self.settled = -1
         self.stored = writer.reader(info.width, info.height)
@@ -142,7 +146,13 @@ class _Detection:
                 frames.close()
         if self.settled != self.decoded - 1:
             raise PipelineError(STAGE, "detection ended before every keyframe was settled")
-        return DetectedAvatar(self.decoded, len(self.plan.detected), np.concatenate(self.rows))
+        keyframes = sorted(self.faces)
+        faces = KeyframeFaces(
+            keyframes, [self.faces[k][0] for k in keyframes], [self.faces[k][1] for k in keyframes]
+        )
+        return DetectedAvatar(
+            self.decoded, len(self.plan.detected), np.concatenate(self.rows), faces
+        )
 
     async def _read(self, index: int) -> np.ndarray:
         return await run_blocking(self.pool, self.stored.read, index)
@@ -187,8 +197,12 @@ class _Detection:
                 settings.face_score_threshold,
                 settings.face_nms_iou,
             )
-            best = np.array(faces[0].box) / scale if faces else no_face()
-            midpoints.extend(self.plan.record(index, best))
+            found = np.array([face.box for face in faces], np.float64).reshape(-1, 4) / scale
+            self.faces[index] = (found, np.array([face.score for face in faces], np.float64))
+            # The default track follows the largest face: the speaker nearest the camera.
+            best = largest(found)
+            box = no_face() if best is None else best
+            midpoints.extend(self.plan.record(index, box, found))
         self._publish()
         for index in sorted(midpoints):
             await self._queue(index, await self._read(index))

@@ -3,8 +3,9 @@
 Detection is most of an avatar's preparation, and an idle or talking head barely moves.
 Frames are first detected on a coarse grid (every `stride_max`-th frame, and always the
 first and the last); where two neighbouring detections disagree (the face moved, appeared
-or vanished) the frame halfway between them is detected too, and so on until neighbours
-agree or are at most `stride_min` frames apart. Frames between two agreeing keyframes are
+or vanished; or any other face did, since a job may choose that one: faces.py) the frame
+halfway between them is detected too, and so on until neighbours agree or are at most
+`stride_min` frames apart. Frames between two agreeing keyframes are
 interpolated (boxes.py).
 
 The plan is pure bookkeeping, no I/O: the avatar stage feeds it decoded frames and
@@ -31,6 +32,14 @@ def agree(a: np.ndarray, b: np.ndarray, min_iou: float) -> bool:
     return not face_a or iou(a, b) >= min_iou
 
 
+def faces_agree(a: np.ndarray, b: np.ndarray, min_iou: float) -> bool:
+    """Two keyframes' sets of faces ([n, 4] each) agree when they hold as many faces and
+    each face of `a` overlaps one of `b` by `min_iou`: no face moved, appeared or vanished."""
+    if len(a) != len(b):
+        return False
+    return all(max(iou(face, other) for other in b) >= min_iou for face in a)
+
+
 class KeyframePlan:
     """The keyframes of one avatar, requested and detected, in frame order."""
 
@@ -40,6 +49,7 @@ class KeyframePlan:
         self.agree_iou = agree_iou
         self.requested: list[int] = []  # ascending
         self.detected: dict[int, np.ndarray] = {}
+        self.faces: dict[int, np.ndarray] = {}  # every face of a keyframe, where given
         self._next_grid = 0
         # requested[_frontier] is the settled keyframe: every gap before it is final.
         self._frontier = -1
@@ -57,10 +67,13 @@ class KeyframePlan:
         self.requested.extend(due)
         return due
 
-    def record(self, frame: int, box: np.ndarray) -> list[int]:
-        """Takes the detection of `frame` (NO_FACE row when none); returns the frames that
-        must be detected because of it: midpoints of gaps whose ends disagree."""
+    def record(self, frame: int, box: np.ndarray, faces: np.ndarray | None = None) -> list[int]:
+        """Takes the detection of `frame`: the tracked `box` (NO_FACE row when none) and
+        every face found ([n, 4], when known); returns the frames that must be detected
+        because of it: midpoints of gaps whose ends disagree."""
         self.detected[frame] = np.asarray(box, np.float64)
+        if faces is not None:
+            self.faces[frame] = np.asarray(faces, np.float64).reshape(-1, 4)
         position = bisect.bisect_left(self.requested, frame)
         due = []
         for left in (position - 1, position):
@@ -93,9 +106,14 @@ class KeyframePlan:
         return frames, np.array(boxes, np.float64).reshape(-1, 4)
 
     def _needs_midpoint(self, a: int, b: int) -> bool:
-        return b - a > self.stride_min and not agree(
-            self.detected[a], self.detected[b], self.agree_iou
-        )
+        if b - a <= self.stride_min:
+            return False
+        if not agree(self.detected[a], self.detected[b], self.agree_iou):
+            return True
+        faces_a, faces_b = self.faces.get(a), self.faces.get(b)
+        if faces_a is None or faces_b is None:
+            return False
+        return not faces_agree(faces_a, faces_b, self.agree_iou)
 
     def _midpoint(self, a: int, b: int) -> int | None:
         if a in self.detected and b in self.detected and self._needs_midpoint(a, b):

@@ -19,18 +19,18 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.blocking import run_blocking
-from orchestrator.errors import PipelineError, unwrap
+from orchestrator.errors import BadInput, PipelineError, unwrap
 from orchestrator.gpu import GpuCensus, GpuProbe, gpu_problems, nvml_census
 from orchestrator.gpu import guard as gpu_guard
 from orchestrator.models import ServedModels, load_served_models
 from orchestrator.pipeline.avatar import Preparations
 from orchestrator.pipeline.avatar_cache import Avatar, avatars_dir
 from orchestrator.pipeline.avatar_prefix import AvatarPrefix
-from orchestrator.pipeline.boxes import has_face
 from orchestrator.pipeline.composite import composite
 from orchestrator.pipeline.decode import decode_audio, require_input
 from orchestrator.pipeline.drive import drive, output_fps, output_frame_count, pingpong
 from orchestrator.pipeline.encode import Mp4Writer, VideoEncoder, Watermark, encode
+from orchestrator.pipeline.faces import DEFAULT_CHOICE, FaceChoice, NoSuchFace, chosen_track
 from orchestrator.pipeline.infer import BatchTask, FaceRestorer, infer
 from orchestrator.pipeline.mel import SAMPLE_RATE, mel_spectrogram
 from orchestrator.pipeline.stages import FRAME_QUEUE_DEPTH, DrivenFrame, StageClock, guarded
@@ -181,13 +181,16 @@ class Engine:
         audio_name: str | None = None,
         avatar_name: str | None = None,
         restore_face: bool = False,
+        face: FaceChoice = DEFAULT_CHOICE,
     ) -> JobResult:
         """Renders `out` (an MP4) from an avatar video and a speech track; `watermark` is
         drawn on every frame of this job's output. The names are the inputs as the user
         knows them (an upload's filename): messages use them, never the server's paths.
         `restore_face`: the generated faces go through the face_restore model, where one is
         served; without one the job renders unrestored (the API refuses /v1 jobs that ask
-        while none is served, so only HeyGem's best-effort `chaofen` gets here)."""
+        while none is served, so only HeyGem's best-effort `chaofen` gets here).
+        `face`: which face to animate; the default (the largest) renders while the avatar is
+        still being prepared, another choice once every face of it is known."""
         progress = Progress()
         report = on_progress or (lambda _: None)
         clock = StageClock()
@@ -218,6 +221,14 @@ class Engine:
                 stack.callback(prepared.listen(listener))
                 if prepared.done:
                     listener(prepared)
+                source = prepared
+                if not face.is_default:
+                    # Following a chosen face takes every keyframe's faces: all of them.
+                    whole = await guarded("avatar", prepared.result())
+                    track = await guarded(
+                        "avatar", clock.run("avatar", pool, _chosen_track, whole, face)
+                    )
+                    source = AvatarPrefix.of(whole, track)
                 # Rendering starts now; drive waits for each avatar frame it needs.
                 mel = await guarded("drive", clock.run("drive", pool, mel_spectrogram, samples))
                 fps = output_fps(prepared.fps, self.settings.output_fps)
@@ -231,7 +242,7 @@ class Engine:
                 report(progress)
                 try:
                     output = await self._stream(
-                        prepared,
+                        source,
                         mel,
                         fps,
                         total,
@@ -256,7 +267,7 @@ class Engine:
             fps=fps,
             audio_seconds=audio_seconds,
             avatar=avatar,
-            frames_without_face=_frames_without_face(avatar, total),
+            frames_without_face=_frames_without_face(source, avatar.frame_count, total),
             stage_seconds={stage: clock.seconds.get(stage, 0.0) for stage in STAGES},
             wall_seconds=time.monotonic() - started,
         )
@@ -378,6 +389,16 @@ def _avatar_listener(
     return listener
 
 
-def _frames_without_face(avatar: Avatar, total: int) -> int:
-    faces = has_face(avatar.boxes)
-    return sum(1 for i in range(total) if not faces[pingpong(i, avatar.frame_count)])
+def _chosen_track(avatar: Avatar, face: FaceChoice) -> np.ndarray:
+    """The per-frame boxes of the face a job chose; a choice naming none is bad input."""
+    try:
+        return chosen_track(avatar.faces, face, avatar.frame_count, avatar.width, avatar.height)
+    except NoSuchFace as exc:
+        raise BadInput("avatar", f"face {face} names no face of the avatar: {exc}") from None
+
+
+def _frames_without_face(source: AvatarPrefix, frame_count: int, total: int) -> int:
+    """Output frames showing an avatar frame where the face rendered (the default or the
+    chosen one) is not there: passed through unchanged."""
+    faces = [source.box(i) is not None for i in range(frame_count)]
+    return sum(1 for i in range(total) if not faces[pingpong(i, frame_count)])

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from synthmedia.avatar import write_avatar_video
+from synthmedia.two_faces import write_two_face_video
 from tests.api.conftest import AVATAR_FPS, AVATAR_SIZE, register_avatar
 from tests.api.server import ApiServer, poll_until, submit_job, wait_for_job, wait_until_rendering
 
@@ -108,3 +109,62 @@ def test_unknown_avatar_is_404(client: httpx.Client) -> None:
     for reply in (client.get("/v1/avatars/nope"), client.delete("/v1/avatars/nope")):
         assert reply.status_code == 404
         assert reply.json()["error"]["message"] == "no avatar with id 'nope'"
+
+
+@pytest.fixture
+def two_face_avatar(api: ApiServer, tmp_path: Path) -> str:
+    """Two faces side by side, each as large as the main avatar's one face."""
+    path = tmp_path / "two_faces.mp4"
+    write_two_face_video(path, seconds=FRESH_SECONDS, fps=AVATAR_FPS, half_size=AVATAR_SIZE)
+    return register_avatar(api, path)
+
+
+def test_an_avatar_lists_its_faces_and_a_job_chooses_among_them(
+    client: httpx.Client, two_face_avatar: str, speech: Path
+) -> None:
+    avatar = client.get(f"/v1/avatars/{two_face_avatar}").json()
+    faces = avatar["faces"]
+    assert [face["index"] for face in faces] == [0, 1], avatar
+    assert all(face["frame"] == 0 for face in faces)
+    left, right = faces
+    assert left["x2"] < AVATAR_SIZE[0] <= right["x1"], "left to right, one in each half"
+
+    centre = ((right["x1"] + right["x2"]) / 2, (right["y1"] + right["y2"]) / 2)
+    for face in ("1", f"{centre[0]:.0f},{centre[1]:.0f}", "largest"):
+        reply = submit_job(client, speech, avatar_id=two_face_avatar, face=face)
+        assert reply.status_code == 202, reply.text
+        assert reply.json()["face"] == face
+        job = wait_for_job(client, reply.json()["id"])
+        assert job["state"] == "succeeded", job
+        assert job["result"]["frames_without_face"] == 0
+
+
+@pytest.mark.parametrize(
+    ("face", "reason"),
+    [
+        ("2", "face 2 names no face of avatar '{id}': face 2 is not there: frame 0 has 2 faces"),
+        ("319,159", "no face at or near (319, 159): frame 0 has 2 faces (0: ("),
+        ("left", "face must be 'largest', a face index K >= 0 or a point X,Y in pixels"),
+    ],
+)
+def test_a_face_naming_none_of_the_avatars_is_refused_with_the_faces_there_are(
+    client: httpx.Client, two_face_avatar: str, speech: Path, face: str, reason: str
+) -> None:
+    refused = submit_job(client, speech, avatar_id=two_face_avatar, face=face)
+
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["stage"] == "request"
+    assert reason.format(id=two_face_avatar) in refused.json()["error"]["message"]
+
+
+def test_a_one_off_video_whose_face_choice_names_none_fails_the_job_saying_why(
+    client: httpx.Client, fresh_video: Path, speech: Path
+) -> None:
+    reply = submit_job(client, speech, video=fresh_video, face="3")
+    assert reply.status_code == 202, "the video's faces are not known before it is prepared"
+
+    job = wait_for_job(client, reply.json()["id"])
+
+    assert job["state"] == "failed"
+    assert job["error"]["stage"] == "avatar"
+    assert "face 3 is not there: frame 0 has 1 face (0: (" in job["error"]["message"]

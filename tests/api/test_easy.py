@@ -193,3 +193,25 @@ def test_codes_that_cannot_name_a_task_are_bad_parameters(
     ):
         assert reply.status_code == 200, reply.text
         assert reply.json()["code"] == BAD_PARAM, reply.json()
+
+
+def test_a_face_may_be_chosen_and_one_naming_none_is_a_bad_parameter(
+    client: httpx.Client, tiny_speech: Path, avatar_id: str
+) -> None:
+    """Not a HeyGem field: its clients never send it, and without it nothing changes."""
+
+    def submit(face: object) -> dict[str, Any]:
+        body = {"audio_url": tiny_speech.name, "video_url": avatar_id, "face": face}
+        answer: dict[str, Any] = client.post(
+            "/easy/submit", json={**body, "code": str(uuid.uuid4())}
+        ).json()
+        return answer
+
+    chosen = submit("0")
+    none = submit("3")
+    malformed = submit("the left one")
+
+    assert chosen["code"] == SUCCESS, chosen
+    assert _query_until_done(client, chosen["data"]["code"])["data"]["status"] == DONE
+    assert none["code"] == BAD_PARAM and "face 3 is not there: frame 0 has 1 face" in none["msg"]
+    assert malformed["code"] == BAD_PARAM and "face" in malformed["msg"], malformed

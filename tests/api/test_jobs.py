@@ -172,3 +172,28 @@ def test_a_job_needs_audio_and_exactly_one_of_avatar_and_video(
         assert reply.status_code == 422, reply.text
         error = reply.json()["error"]
         assert error["stage"] and error["message"]
+
+
+def test_a_job_names_the_face_it_animates_among_the_avatars(
+    client: httpx.Client, avatar_id: str, tiny_speech: Path
+) -> None:
+    faces = client.get(f"/v1/avatars/{avatar_id}").json()["faces"]
+    assert [face["index"] for face in faces] == [0]
+
+    chosen = submit_job(client, tiny_speech, avatar_id=avatar_id, face="0")
+    default = submit_job(client, tiny_speech, avatar_id=avatar_id)
+    refused = {
+        face: submit_job(client, tiny_speech, avatar_id=avatar_id, face=face)
+        for face in ("1", "-1")
+    }
+
+    assert chosen.status_code == 202 and chosen.json()["face"] == "0"
+    assert default.status_code == 202 and default.json()["face"] == "largest"
+    assert wait_for_job(client, chosen.json()["id"])["state"] == "succeeded"
+    assert wait_for_job(client, default.json()["id"])["state"] == "succeeded"
+    assert refused["1"].status_code == 422
+    assert (
+        "face 1 is not there: frame 0 has 1 face (0: (" in refused["1"].json()["error"]["message"]
+    )
+    assert refused["-1"].status_code == 422
+    assert "a face index K >= 0" in refused["-1"].json()["error"]["message"]

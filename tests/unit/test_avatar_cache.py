@@ -11,6 +11,7 @@ import numpy as np
 from orchestrator.files import Partial, is_partial
 from orchestrator.pipeline import avatar_cache
 from orchestrator.pipeline.avatar_cache import META_FILE, STORE_VERSION, load_avatar
+from orchestrator.pipeline.faces import KeyframeFaces
 from orchestrator.pipeline.frame_store import FrameWriter
 
 AVATAR_ID = "0123456789abcdef0123456789abcdef"
@@ -35,6 +36,11 @@ def _write_scratch(avatars: Path, frames: int = 3, fps: float = 25.0) -> Partial
         detected_frames=2,
         frame_codec="raw",
         boxes=boxes,
+        faces=KeyframeFaces(
+            [0, 2],
+            [np.array([[20.0, 3, 30, 21], [2, 3, 18, 20]]), np.zeros((0, 4))],
+            [np.array([0.99, 0.95]), np.zeros(0)],
+        ),
     )
     return scratch
 
@@ -48,6 +54,10 @@ def test_an_installed_avatar_loads_back_with_its_frames(tmp_path: Path) -> None:
     assert avatar is not None
     assert (avatar.avatar_id, avatar.frame_count, avatar.fps) == (AVATAR_ID, 3, 25.0)
     assert avatar.frames_with_face == 3 and avatar.detected_frames == 2
+    assert avatar.first_faces() == [
+        {"index": 0, "frame": 0, "box": [2.0, 3.0, 18.0, 20.0]},
+        {"index": 1, "frame": 0, "box": [20.0, 3.0, 30.0, 21.0]},
+    ], "every face kept, listed left to right"
     with avatar.open_frames() as frames:
         assert int(frames.read(2)[0, 0, 0]) == 20
     assert [p.name for p in tmp_path.iterdir()] == [AVATAR_ID], "no scratch is left"
@@ -84,7 +94,7 @@ def test_leftover_partials_are_removed_and_caches_kept(tmp_path: Path) -> None:
 def test_the_cache_files_are_listed_with_their_sizes(tmp_path: Path) -> None:
     avatar_cache.install(_write_scratch(tmp_path))
     files = avatar_cache.cache_files(tmp_path / AVATAR_ID)
-    assert sorted(files) == ["boxes.npy", "frames.bin", "frames.idx.npy", "meta.json"]
+    assert sorted(files) == ["boxes.npy", "faces.npz", "frames.bin", "frames.idx.npy", "meta.json"]
     assert files["frames.bin"] == 3 * SHAPE[0] * SHAPE[1] * 3
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.pipeline.keyframes import KeyframePlan, agree, no_face
+from orchestrator.pipeline.keyframes import KeyframePlan, agree, faces_agree, no_face
 
 FACE = np.array([100.0, 100.0, 200.0, 220.0])
 
@@ -77,3 +77,31 @@ def test_detections_agree_only_with_the_same_face_or_none() -> None:
     assert not agree(FACE, FACE + np.array([50, 0, 50, 0]), 0.9)
     assert not agree(FACE, no_face(), 0.9)
     assert agree(no_face(), no_face(), 0.9)
+
+
+OTHER = FACE + np.array([300.0, 0, 300.0, 0])
+
+
+def test_face_sets_agree_only_when_no_face_moved_appeared_or_vanished() -> None:
+    both = np.array([FACE, OTHER])
+    assert faces_agree(both, both[::-1] + 1, 0.9), "the order does not matter"
+    assert not faces_agree(both, np.array([FACE]), 0.9), "one vanished"
+    assert not faces_agree(both, np.array([FACE, OTHER + np.array([50, 0, 50, 0])]), 0.9), (
+        "one moved"
+    )
+    assert faces_agree(np.zeros((0, 4)), np.zeros((0, 4)), 0.9)
+
+
+def test_another_face_vanishing_is_found_to_the_densest_stride() -> None:
+    """The tracked face stays put; a second face, one a job may choose, leaves at 21."""
+    plan = KeyframePlan(2, 16, agree_iou=0.9)
+    queue = plan.grid(48, complete=True)
+    while queue:
+        frame = queue.pop(0)
+        faces = np.array([FACE, OTHER] if frame < 21 else [FACE])
+        queue += plan.record(frame, FACE, faces)
+    detected = sorted(plan.detected)
+    before = max(f for f in detected if f < 21)
+    after = min(f for f in detected if f >= 21)
+    assert after - before <= 2, detected
+    assert plan.settled() == 47

@@ -48,7 +48,8 @@ from orchestrator.api.heygem import (
     input_roots,
     result_reference,
 )
-from orchestrator.api.intake import face_restore_unavailable, submit_job
+from orchestrator.api.intake import face_choice, face_restore_unavailable, submit_job
+from orchestrator.api.schemas import FACE_DESCRIPTION, FaceField
 from orchestrator.errors import BadInput, Conflict, LimitExceeded, PipelineError
 from orchestrator.jobs.store import (
     CANCELLED,
@@ -91,6 +92,7 @@ class SubmitRequest(BaseModel):
     )
     watermark_switch: int = Field(0, ge=0, le=1, description="1: a visible watermark")
     pn: int | None = Field(None, description="sent by HeyGem's app; not used")
+    face: FaceField | None = Field(None, description=f"optional (not HeyGem's): {FACE_DESCRIPTION}")
 
 
 class ErrorData(BaseModel):
@@ -232,6 +234,7 @@ async def _submit(service: Service, code: str, wanted: SubmitRequest) -> JobReco
         "client_code": code,
         "watermark": bool(wanted.watermark_switch),
         "restore_face": bool(wanted.chaofen),
+        "face": face_choice(wanted.face),
     }
     staged: list[StagedInput] = []
     try:

@@ -13,11 +13,19 @@ from orchestrator.api.deps import Service, ServiceDep
 from orchestrator.api.documents import job_document
 from orchestrator.api.intake import (
     audio_check,
+    face_choice,
     face_restore_unavailable,
     submit_job,
     video_check,
 )
-from orchestrator.api.schemas import JobDocument, JobPage, JobState, error_responses
+from orchestrator.api.schemas import (
+    FACE_DESCRIPTION,
+    FACE_PATTERN,
+    JobDocument,
+    JobPage,
+    JobState,
+    error_responses,
+)
 from orchestrator.api.uploads import receive_form
 from orchestrator.errors import BadInput, Conflict, NotFound
 from orchestrator.jobs.store import ACTIVE_STATES, SUCCEEDED, JobRecord
@@ -71,6 +79,12 @@ def _document(service: Service, job: JobRecord) -> JobDocument:
                                 "description": "restore the generated face with the "
                                 "face_restore model; 422 where none is served",
                             },
+                            "face": {
+                                "type": "string",
+                                "pattern": FACE_PATTERN,
+                                "default": "largest",
+                                "description": FACE_DESCRIPTION,
+                            },
                         },
                     }
                 }
@@ -93,6 +107,7 @@ async def submit(request: Request, response: Response, service: ServiceDep) -> J
             raise BadInput("request", "the form needs an 'audio' file")
         video = form.files.get("video")
         restore_face = _restore_face(service, form.fields.get("restore_face"))
+        face = face_choice(form.fields.get("face"))
         job = await submit_job(
             service,
             audio=audio.path,
@@ -101,6 +116,7 @@ async def submit(request: Request, response: Response, service: ServiceDep) -> J
             avatar_id=form.fields.get("avatar_id") or None,
             webhook_url=form.fields.get("webhook_url") or None,
             restore_face=restore_face,
+            face=face,
             audio_name=audio.filename,
             video_name=video.filename if video else None,
         )

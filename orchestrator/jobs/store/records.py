@@ -71,6 +71,7 @@ class JobRecord:
     video_name: str | None = None
     watermark: bool = False  # draw the visible watermark (HeyGem's watermark_switch)
     restore_face: bool = False  # asked (restore_face, chaofen); done where face_restore is served
+    face: str = "largest"  # the face to animate (pipeline.faces.FaceChoice, as text)
     attempts: int = 0  # how many times the job was started
     started_at: float | None = None
     finished_at: float | None = None
@@ -103,6 +104,8 @@ class AvatarRecord:
     height: int | None = None
     frames_with_face: int | None = None
     detected_frames: int | None = None
+    # Faces of the first frame with faces, left to right: {index, frame, box: [x1, y1, x2, y2]}.
+    faces: list[dict[str, Any]] | None = None
     error: dict[str, str] | None = None
     finished_at: float | None = None
     seq: int = 0
