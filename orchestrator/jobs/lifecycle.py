@@ -5,53 +5,36 @@ move the table does not list with `IllegalTransition`. The store's own claim (qu
 running, one atomic statement so two replicas cannot both take a job) is the one move
 made in SQL; it is in the table too, and the in-memory test store makes it through here.
 
-States are StrEnums: stored as their string, compared equal to it, so rows written before
-they existed load unchanged.
+The states themselves are orchestrator.jobs.states' (the records use them too).
 """
 
 from __future__ import annotations
 
 import time
-from enum import StrEnum
-from typing import TYPE_CHECKING
 
 from orchestrator.errors import Conflict
+from orchestrator.jobs.states import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
+    AvatarState,
+    JobState,
+    StopReason,
+)
+from orchestrator.jobs.store.records import JobError, JobRecord
 
-if TYPE_CHECKING:
-    from orchestrator.jobs.store.records import JobError, JobRecord
+__all__ = [
+    "ACTIVE_STATES",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "AvatarState",
+    "IllegalTransition",
+    "JobState",
+    "StopReason",
+    "allowed",
+    "transition",
+]
 
 STAGE = "jobs"
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class AvatarState(StrEnum):
-    PREPARING = "preparing"
-    READY = "ready"
-    FAILED = "failed"
-
-
-ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
-TERMINAL_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
-
-
-class StopReason(StrEnum):
-    """Why a job left the state it was in (none: a replica claimed it)."""
-
-    COMPLETED = "completed"  # the render finished and its result is kept
-    FAILED = "failed"  # the render failed: bad input, a model error, a bug
-    DEADLINE = "deadline"  # the job's own deadline passed
-    CANCELLED = "cancelled"  # the client asked (DELETE)
-    SHUTDOWN = "shutdown"  # this replica stops gracefully: not the job's fault
-    LEASE_LOST = "lease lost"  # another replica holds it now: nothing is recorded here
-    OUTAGE = "outage"  # Triton or storage went away mid-render
-    INTERRUPTED = "interrupted"  # the replica running it died (its lease expired)
 
 
 _Q, _R, _S, _F, _C = (

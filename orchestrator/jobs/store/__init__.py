@@ -8,7 +8,7 @@ avatar, sequence, lease), the same two tables on both engines.
 
 from __future__ import annotations
 
-from orchestrator.jobs.lifecycle import ACTIVE_STATES, TERMINAL_STATES
+from orchestrator.jobs.states import ACTIVE_STATES, TERMINAL_STATES
 from orchestrator.jobs.store.base import (
     AVATAR_EVENT,
     AVATAR_GONE_EVENT,

@@ -22,7 +22,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from orchestrator.errors import Conflict, DependencyUnavailable
-from orchestrator.jobs.lifecycle import JobState
+from orchestrator.jobs.states import JobState
 from orchestrator.jobs.store.records import Admission, AvatarRecord, JobProgress, JobRecord
 
 STAGE = "store"

@@ -25,7 +25,7 @@ import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
-from orchestrator.jobs.lifecycle import ACTIVE_STATES, TERMINAL_STATES, JobState
+from orchestrator.jobs.states import ACTIVE_STATES, TERMINAL_STATES, JobState
 from orchestrator.jobs.store.base import (
     QUEUED_EVENT,
     STAGE,

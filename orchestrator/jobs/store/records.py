@@ -1,5 +1,5 @@
 """What the store keeps: a job and an avatar as records, with the job's typed error and
-result. States and the moves between them are orchestrator.jobs.lifecycle's."""
+result. States are orchestrator.jobs.states', the moves between them orchestrator.jobs.lifecycle's."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 from orchestrator.errors import PipelineError
-from orchestrator.jobs.lifecycle import AvatarState, JobState
+from orchestrator.jobs.states import AvatarState, JobState
 
 # The states' names as this module exported them before the enums; same members.
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = JobState

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from orchestrator.blocking import run_blocking
-from orchestrator.jobs.lifecycle import ACTIVE_STATES, TERMINAL_STATES, JobState
+from orchestrator.jobs.states import ACTIVE_STATES, TERMINAL_STATES, JobState
 from orchestrator.jobs.store.base import STAGE, DuplicateCode, StoreFull, StoreUnavailable
 from orchestrator.jobs.store.migrations import SCHEMA_VERSION_TABLE, SQLITE, pending
 from orchestrator.jobs.store.records import (
