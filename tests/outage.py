@@ -53,6 +53,15 @@ class KillableTriton:
         self._stack = stack
         return self
 
+    def freeze(self) -> None:
+        """SIGSTOP to the server and its stubs: its ports stay open, nothing answers."""
+        assert self._running is not None, "not running"
+        os.killpg(self._running.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._running is not None, "not running"
+        os.killpg(self._running.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         assert self._running is not None and self._stack is not None, "not running"
         # The server leads its own process group, stubs included (localtriton.server).
