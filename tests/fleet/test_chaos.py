@@ -11,10 +11,12 @@ fault-free round measured first in the same test (the numbers docs/operations.md
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import statistics
-import threading
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +33,14 @@ import pytest
 from synthmedia.audio import voiced_speech, write_audio
 from tests.api.conftest import SPEECH_RATE, ServerFactory, register_avatar
 from tests.api.receivers import WebhookSink, webhook_sink
-from tests.api.server import ApiServer, poll_until, submit_job, wait_for_job
+from tests.api.server import (
+    REPO,
+    TERMINAL,
+    ApiServer,
+    _die_with_parent,
+    poll_until,
+    submit_job,
+)
 from tests.engines import PostgresEngine
 from tests.fleet.conftest import FLEET_SETTINGS
 from tests.outage import KillableTriton
@@ -60,7 +69,7 @@ KNOWN_BROKEN: dict[str, str] = {
         "a store call past DH_STORE_TIMEOUT_S is cancelled, and psycopg (3.3) then sends the "
         "frozen server a cancel request and waits up to 5 s for it and 5 s more for the "
         "query (AsyncConnection.wait -> _try_cancel): the 503 comes when the server thaws, "
-        "not after 1.5 s (orchestrator/jobs/store/postgres.py, being fixed)"
+        "not after DH_STORE_TIMEOUT_S (orchestrator/jobs/store/postgres.py, being fixed)"
     ),
 }
 # Rounds without a fault: the first warms both replicas up, the second is the baseline.
@@ -100,40 +109,50 @@ def _seconds(later: str, earlier: str) -> float:
 
 
 @contextmanager
-def _polling(servers: list[ApiServer], api_key: str | None) -> Iterator[list[Answer]]:
-    """A thread per replica and path asks it over and over and records every answer."""
+def _polling(servers: list[ApiServer], record: Path) -> Iterator[list[Answer]]:
+    """tests.fleet.poller asks every replica POLLED_PATHS over and over, in a process of its
+    own; the answers are read when the block ends."""
     answers: list[Answer] = []
-    stop = threading.Event()
-
-    def poll(index: int, path: str) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        while not stop.is_set():
-            # A fresh connection each time: a restarted replica is reached at once.
-            started = time.monotonic()
-            try:
-                reply = httpx.get(
-                    servers[index].base_url + path, headers=headers, timeout=ANSWER_TIMEOUT_S
-                )
-                answer = Answer(index, path, started, time.monotonic() - started, reply.status_code)
-            except httpx.HTTPError as exc:
-                elapsed = time.monotonic() - started
-                answer = Answer(index, path, started, elapsed, None, type(exc).__name__)
-            answers.append(answer)
-            stop.wait(POLL_EVERY_S)  # pacing between asks, not a wait for state
-
-    threads = [
-        threading.Thread(target=poll, args=(index, path), daemon=True)
-        for index in range(len(servers))
-        for path in POLLED_PATHS
-    ]
-    for thread in threads:
-        thread.start()
+    poller = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fleet.poller",
+            str(record),
+            str(POLL_EVERY_S),
+            str(ANSWER_TIMEOUT_S),
+            ",".join(POLLED_PATHS),
+            *(server.base_url for server in servers),
+        ],
+        cwd=REPO,
+        preexec_fn=_die_with_parent,
+    )
     try:
         yield answers
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(ANSWER_TIMEOUT_S + 5)
+        poller.terminate()
+        poller.wait(ANSWER_TIMEOUT_S + 5)
+        for line in record.read_text().splitlines() if record.exists() else []:
+            fields = json.loads(line)
+            answers.append(
+                Answer(
+                    fields["replica"],
+                    fields["path"],
+                    fields["started"],
+                    fields["elapsed"],
+                    fields["status"],
+                    fields.get("error", ""),
+                )
+            )
+
+
+def _job(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    """The job, or {} while the replica answers 503 (an outage: a client asks again)."""
+    reply = client.get(f"/v1/jobs/{job_id}")
+    if reply.status_code == 503:
+        return {}
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
 
 
 def _lease_owner(database_url: str, job_id: str) -> str:
@@ -304,7 +323,7 @@ def test_every_job_succeeds_once_through_freezes_and_kills_of_each_dependency_an
     chaos = Chaos(killable_triton, crashable_postgres, crashable_s3, servers, database_url)
     rounds: list[Round] = []
 
-    with webhook_sink([]) as sink, _polling(servers, None) as answers:
+    with webhook_sink([]) as sink, _polling(servers, tmp_path / "answers.jsonl") as answers:
         plan: list[str | tuple[str, str]] = [WARM_UP, BASELINE, *FAULTS]
         for fault in plan:
             name = fault if isinstance(fault, str) else " ".join(fault)
@@ -318,9 +337,9 @@ def test_every_job_succeeds_once_through_freezes_and_kills_of_each_dependency_an
             first = this_round.job_ids[0]
             with servers[0].client() as client:
                 poll_until(
-                    lambda: client.get(f"/v1/jobs/{first}").json(),  # noqa: B023 (used at once)
+                    lambda: _job(client, first),  # noqa: B023 (used at once)
                     lambda job: (
-                        job["state"] not in ("queued", "running")
+                        job.get("state") not in (None, "queued", "running")
                         or job["progress"]["frames_done"] > 0
                     ),
                     JOB_DEADLINE_S,
@@ -332,7 +351,13 @@ def test_every_job_succeeds_once_through_freezes_and_kills_of_each_dependency_an
                 this_round.fault_s = time.monotonic() - began
             with _live_client(servers, this_round) as client:
                 this_round.jobs = [
-                    wait_for_job(client, job_id, JOB_DEADLINE_S) for job_id in this_round.job_ids
+                    poll_until(
+                        lambda job_id=job_id: _job(client, job_id),
+                        lambda job: job.get("state") in TERMINAL,
+                        JOB_DEADLINE_S,
+                        f"{name}: job {job_id} ended",
+                    )
+                    for job_id in this_round.job_ids
                 ]
             this_round.ended = time.monotonic()
 
@@ -341,8 +366,10 @@ def test_every_job_succeeds_once_through_freezes_and_kills_of_each_dependency_an
         with servers[0].client() as client:
             for job_id in job_ids:
                 poll_until(
-                    lambda job_id=job_id: client.get(f"/v1/jobs/{job_id}").json(),
-                    lambda job: job["state"] != "succeeded" or job["webhook"] is not None,
+                    lambda job_id=job_id: _job(client, job_id),
+                    lambda job: (
+                        job.get("state", "succeeded") != "succeeded" or job["webhook"] is not None
+                    ),
                     JOB_DEADLINE_S,
                     f"the webhook of {job_id} done",
                 )
