@@ -46,7 +46,7 @@ from tests.fleet.conftest import FLEET_SETTINGS
 from tests.outage import KillableTriton
 from tests.s3server import S3Server
 
-FREEZE_S = 4.0  # longer than a lease's heartbeat gap, shorter than any retry deadline
+FREEZE_S = 4.0  # a lease long (FLEET_SETTINGS), shorter than any retry deadline
 SPEECH_S = 6.0  # long enough to be rendering when the fault comes
 JOBS_PER_ROUND = 2  # one submitted to each replica
 JOB_DEADLINE_S = 180.0
