@@ -54,13 +54,16 @@ class KillableTriton:
         return self
 
     def freeze(self) -> None:
-        """SIGSTOP to the server and its stubs: its ports stay open, nothing answers."""
+        """SIGSTOP to the server: its ports stay open, nothing answers. The server only: a
+        production Triton runs the ONNX models inside it (onnxruntime backend), and the
+        Python-backend stubs of this local one, stopped too, come back unhealthy (Triton
+        then fails their requests with INTERNAL "Stub process ... is not healthy")."""
         assert self._running is not None, "not running"
-        os.killpg(self._running.pid, signal.SIGSTOP)
+        os.kill(self._running.pid, signal.SIGSTOP)
 
     def thaw(self) -> None:
         assert self._running is not None, "not running"
-        os.killpg(self._running.pid, signal.SIGCONT)
+        os.kill(self._running.pid, signal.SIGCONT)
 
     def kill(self) -> None:
         assert self._running is not None and self._stack is not None, "not running"
