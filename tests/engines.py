@@ -50,7 +50,7 @@ def _die_with_parent() -> None:
 class PostgresEngine:
     """One PostgreSQL server in a temporary folder; `url(db)` names a database in it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, crash_safe: bool = False) -> None:
         with warnings.catch_warnings():
             # The package looks up a runtime folder it only uses for its own get_server().
             warnings.simplefilter("ignore")
@@ -65,6 +65,10 @@ class PostgresEngine:
         self.password = f"pw-{uuid.uuid4().hex}"  # tests look for it in logs and answers
         self.process: subprocess.Popen[bytes] | None = None
         self.user: str | None = None
+        # synchronous_commit=off loses the last commits when every process is SIGKILLed
+        # (they sit in WAL buffers in shared memory); fsync=off loses nothing to a process
+        # crash, only to a host crash. A test that kills the server keeps commits durable.
+        self.synchronous_commit = "on" if crash_safe else "off"
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
@@ -137,7 +141,7 @@ class PostgresEngine:
                 "-c",
                 "fsync=off",
                 "-c",
-                "synchronous_commit=off",
+                f"synchronous_commit={self.synchronous_commit}",
                 "-c",
                 "full_page_writes=off",
                 "-c",
@@ -176,6 +180,24 @@ class PostgresEngine:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         self._frozen = []
+
+    def kill(self) -> None:
+        """A crash: SIGKILL to the server and every backend at once (a backend outliving
+        its postmaster would keep the shared memory a restart needs), reaped at once."""
+        assert self.process is not None
+        self.thaw()
+        backends = _children(self.process.pid)
+        for pid in [self.process.pid, *backends]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(STOP_GRACE_S)
+        # The backends, reparented, are reaped by init (or left as zombies, which hold no
+        # shared memory).
+        deadline = time.monotonic() + STOP_GRACE_S
+        while any(_alive(pid) for pid in backends):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"postgres backends {backends} outlived SIGKILL")
+            time.sleep(POLL_S)
 
     def stop(self) -> None:
         self.thaw()  # a stopped server cannot shut down
@@ -224,3 +246,12 @@ def _children(parent: int) -> list[int]:
         if int(fields[1]) == parent:
             found.append(int(stat.parent.name))
     return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie (from /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

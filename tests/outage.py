@@ -53,6 +53,18 @@ class KillableTriton:
         self._stack = stack
         return self
 
+    def freeze(self) -> None:
+        """SIGSTOP to the server: its ports stay open, nothing answers. The server only: a
+        production Triton runs the ONNX models inside it (onnxruntime backend), and the
+        Python-backend stubs of this local one, stopped too, come back unhealthy (Triton
+        then fails their requests with INTERNAL "Stub process ... is not healthy")."""
+        assert self._running is not None, "not running"
+        os.kill(self._running.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._running is not None, "not running"
+        os.kill(self._running.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         assert self._running is not None and self._stack is not None, "not running"
         # The server leads its own process group, stubs included (localtriton.server).

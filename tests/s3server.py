@@ -167,6 +167,13 @@ class S3Server:
             self.process.kill()
             self.process.wait(STOP_GRACE_S)
 
+    def freeze(self) -> None:
+        """SIGSTOP: every component is one process; connections stay open, nothing answers."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
     def log(self, lines: int = 30) -> str:
         if not self.log_path.exists():
             return ""

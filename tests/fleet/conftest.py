@@ -13,8 +13,10 @@ the stand-in for one host). Default: "s3", as a fleet runs.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ from tests.api.conftest import (  # noqa: F401 (fixtures these tests use)
 )
 from tests.api.server import ApiServer
 from tests.engines import PostgresEngine, postgres  # noqa: F401 (registers the fixture)
+from tests.s3server import S3Server
 
 FLEET_STORAGE = os.environ.get("DH_TEST_FLEET_STORAGE", "s3")
 # Short leases: a killed replica's job is taken over within LEASE_S + HEARTBEAT_S.
@@ -70,3 +73,25 @@ def fleet(
 
 if FLEET_STORAGE == "s3":
     from tests.s3server import s3_server  # noqa: F401 (registers the fixture)
+
+
+@pytest.fixture
+def crashable_postgres() -> Iterator[PostgresEngine]:
+    """A PostgreSQL of the test's own, to freeze and kill (commits survive a kill)."""
+    root = Path(tempfile.mkdtemp(prefix="dh-pg-crash-"))
+    engine = PostgresEngine(root, crash_safe=True).init().start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def crashable_s3(tmp_path: Path) -> Iterator[S3Server]:
+    """An S3 server of the test's own, to freeze and kill (the session's must stay up)."""
+    server = S3Server(tmp_path / "own-s3").start()
+    try:
+        yield server
+    finally:
+        server.kill()  # a frozen server would not answer SIGTERM

@@ -1,5 +1,6 @@
 """What the store keeps: a job and an avatar as records, with the job's typed error and
-result. States are orchestrator.jobs.states', the moves between them orchestrator.jobs.lifecycle's."""
+result. The states are orchestrator.jobs.states', the moves between them
+orchestrator.jobs.lifecycle's."""
 
 from __future__ import annotations
 
