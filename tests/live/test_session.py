@@ -1,0 +1,105 @@
+"""One session in process against the real Triton: the frame loop's pictures, exactly."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orchestrator.live.frames import avatar_index
+from orchestrator.live.session import LiveModel, Session
+from orchestrator.models import load_served_models
+from orchestrator.pipeline.avatar_cache import Avatar, load_avatar
+from orchestrator.settings import Settings
+from orchestrator.triton import TritonClient
+from synthmedia.audio import voiced_speech
+from tests.conftest import TritonAddress
+
+# Generous: the test machine is shared and loaded; a frame has this less 0.21 s to render.
+LATENCY_S = 1.0
+# The reference model darkens the mouth with loud audio: a spoken frame's lower face
+# differs from the avatar's own by more than this (mean absolute, grey levels).
+CHANGED = 1.0
+
+
+@pytest.fixture
+async def session(
+    triton: TritonAddress, avatar_cache: Path, tmp_path: Path
+) -> AsyncIterator[Session]:
+    settings = Settings(triton_url=triton.grpc_url, data_dir=tmp_path)
+    avatar = load_avatar(avatar_cache)
+    assert avatar is not None
+    async with TritonClient(settings.triton_url, max_in_flight=8) as client:
+        served = await load_served_models(client, settings)
+        model = LiveModel(client, served.lipsync.name, served.face_size, served.composite)
+        with ThreadPoolExecutor(2) as pool:
+            live = Session("test", avatar, model, pool, latency_s=LATENCY_S, max_queued_s=5.0)
+            await live.start()
+            yield live
+            await live.close()
+
+
+def _idle(avatar: Avatar, index: int) -> np.ndarray:
+    with avatar.open_frames() as frames:
+        return frames.read(avatar_index(index, avatar.frame_count))
+
+
+def _mouth_change(avatar: Avatar, index: int, frame: np.ndarray) -> float:
+    """Mean absolute difference from the avatar's own frame inside the face boxes' lower
+    half (where the model draws the mouth)."""
+    x1, y1, x2, y2 = (int(v) for v in avatar.boxes[avatar_index(index, avatar.frame_count)])
+    mouth = slice((y1 + y2) // 2, y2), slice(x1, x2)
+    idle = _idle(avatar, index)
+    return float(np.abs(frame[mouth].astype(np.float32) - idle[mouth]).mean())
+
+
+async def test_silence_shows_the_avatars_own_frames_walked_back_and_forth(
+    session: Session,
+) -> None:
+    seen = -1
+    for _ in range(int(session.avatar.frame_count * 1.5)):
+        seen, frame = await session.next_frame(seen)
+        np.testing.assert_array_equal(frame, _idle(session.avatar, seen))
+    assert session.stats.late_frames == 0
+
+
+async def test_speech_moves_the_mouth_and_only_while_it_plays(session: Session) -> None:
+    seen, _ = await session.next_frame(-1)
+    speech = voiced_speech(1.0).astype(np.float32)
+    session.queue_speech(speech)
+    changes: list[float] = []
+    while session.speech_queued_s > 0 or len(changes) < 60:
+        seen, frame = await session.next_frame(seen)
+        changes.append(round(_mouth_change(session.avatar, seen, frame), 1))
+    spoken = [c for c in changes if c > CHANGED]
+    # 1 s of speech at 25 fps drives about 25 frames (a few more at its edges: a window
+    # is 0.2 s wide), less any that were late (those show the avatar's own frame); before
+    # and after it the face is the avatar's own, bit for bit.
+    late = session.stats.late_frames
+    assert 20 <= len(spoken) + late and len(spoken) <= 32, (changes, session.stats)
+    assert len(spoken) >= 10, (changes, session.stats)
+    first = next(i for i, c in enumerate(changes) if c > CHANGED)
+    last = max(i for i, c in enumerate(changes) if c > CHANGED)
+    assert all(c == 0.0 for c in changes[:first]), changes
+    assert all(c == 0.0 for c in changes[last + 1 :]), changes
+    assert session.stats.latencies_s
+
+
+async def test_interrupt_brings_the_mouth_to_rest_within_three_frames(session: Session) -> None:
+    seen, _ = await session.next_frame(-1)
+    session.queue_speech(voiced_speech(3.0).astype(np.float32))
+    while True:  # until the mouth moves
+        seen, frame = await session.next_frame(seen)
+        if _mouth_change(session.avatar, seen, frame) > CHANGED:
+            break
+    session.interrupt()
+    after = []
+    for _ in range(10):
+        seen, frame = await session.next_frame(seen)
+        after.append(_mouth_change(session.avatar, seen, frame))
+    moving = [i for i, c in enumerate(after) if c > 0.0]
+    assert not moving or max(moving) < 3, after
+    assert session.speech_queued_s == 0.0
