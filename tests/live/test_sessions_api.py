@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from synthmedia.audio import voiced_speech, write_audio
 from tests.api.conftest import AVATAR_FPS, ServerFactory, register_avatar
 from tests.api.server import ApiServer
-from tests.live.client import webrtc_peer
+from tests.live.client import Microphone, webrtc_peer
 
 API_KEY = "live-key"
 # The shared test machine is loaded: a frame gets this less 0.21 s to render.
@@ -118,6 +118,19 @@ async def test_video_comes_at_the_avatars_rate_with_an_audio_track_and_speech_mo
     # speech darkens it (the reference model).
     assert max(idle) - min(idle) < 6, idle
     assert min(talking) < min(idle) - 6, (idle, talking)
+
+
+async def test_the_peers_microphone_is_heard_as_speech(
+    http: httpx.AsyncClient, session_id: str, avatar_cache: Path
+) -> None:
+    mouth = _mouth(avatar_cache)
+    # 0.6 s of quiet, then a second of loud speech, at the browser's 48 kHz.
+    speech = np.concatenate([np.zeros(28800), np.repeat(voiced_speech(1.0) * 1.5, 3)])
+    async with webrtc_peer(http, session_id, Microphone(speech)) as peer:
+        frames = [await peer.video.recv() for _ in range(int((LATENCY_S + 2.5) * AVATAR_FPS))]
+
+    darkness = [float(f.to_ndarray(format="bgr24")[mouth].mean()) for f in frames]
+    assert min(darkness) < max(darkness[:10]) - 6, darkness
 
 
 async def test_interrupt_drops_queued_speech(
