@@ -145,8 +145,8 @@ class Session:
         return asyncio.get_running_loop().time() - self._start
 
     def position(self) -> int:
-        """The sample playing now."""
-        return int(self.now() * SAMPLE_RATE)
+        """The sample playing now (0 until the clock starts: see START_LEAD_S)."""
+        return max(0, int(self.now() * SAMPLE_RATE))
 
     async def until(self, seconds: float) -> None:
         """Returns at `seconds` on the session's clock (at once if past)."""
