@@ -3,6 +3,7 @@ and as a file, barge-in, capacity, bad input."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -148,6 +149,26 @@ async def test_interrupt_drops_queued_speech(
     assert reply.status_code == 200
     # Nothing is queued past "now" any more (the in-process tests check the frames).
     assert reply.json()["speech_queued_s"] == 0, reply.json()["speech_queued_s"]
+
+
+async def test_a_client_sending_faster_than_real_time_is_held_to_the_queue_bound(
+    live: ApiServer, http: httpx.AsyncClient, session_id: str
+) -> None:
+    speech = _pcm(voiced_speech(MAX_QUEUED_S + 2))
+    async with connect(
+        _socket_url(live, session_id), additional_headers={"Authorization": f"Bearer {API_KEY}"}
+    ) as socket:
+        for first in range(0, len(speech), 2 * PCM_CHUNK):
+            await socket.send(speech[first : first + 2 * PCM_CHUNK])
+        # The server reads until the queue is full, then stops reading (back-pressure).
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            queued = (await http.get(f"/v1/sessions/{session_id}")).json()["speech_queued_s"]
+            if queued >= MAX_QUEUED_S - 0.5 or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)  # polling the REST answer: no event crosses HTTP
+        assert MAX_QUEUED_S - 0.5 <= queued <= MAX_QUEUED_S + 0.05, queued
+        await socket.ping()  # still open: held back, not refused
 
 
 async def test_speech_beyond_the_queue_bound_is_refused(
