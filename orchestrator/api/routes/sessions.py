@@ -50,7 +50,7 @@ REASON_BYTES = 123
     status_code=201,
     response_model=SessionDocument,
     summary="Open a live session on a prepared avatar (409 while it is not prepared)",
-    responses=error_responses(404, 409, 422, 429, 503),
+    responses=error_responses(400, 404, 409, 422, 429, 503),
 )
 async def open_session(
     body: SessionCreate, response: Response, service: ServiceDep
@@ -91,7 +91,7 @@ async def end_session(session_id: str, service: ServiceDep) -> Response:
     "/{session_id}/webrtc",
     response_model=SessionDescription,
     summary="SDP offer in, answer out: the session's video and speech over WebRTC",
-    responses=error_responses(404, 422),
+    responses=error_responses(400, 404, 422),
 )
 async def connect(
     session_id: str, offer: SessionDescription, service: ServiceDep
