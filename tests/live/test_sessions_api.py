@@ -15,6 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from synthmedia.audio import voiced_speech, write_audio
+from synthmedia.avatar import write_avatar_video
 from tests.api.conftest import AVATAR_FPS, ServerFactory, register_avatar
 from tests.api.server import ApiServer
 from tests.live.client import Microphone, webrtc_peer
@@ -89,6 +90,27 @@ async def test_a_session_opens_on_a_prepared_avatar_and_is_listed(
     assert session_id in [item["id"] for item in listed]
     unknown = await http.post("/v1/sessions", json={"avatar_id": "0" * 32})
     assert unknown.status_code == 404
+
+
+async def test_an_avatar_still_being_prepared_is_refused_with_409(
+    http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    fresh = tmp_path / "fresh.mp4"
+    write_avatar_video(fresh, seconds=2.0, fps=AVATAR_FPS, size=(160, 160))
+    uploaded = await http.post("/v1/avatars", files={"video": ("fresh.mp4", fresh.read_bytes())})
+    assert uploaded.status_code == 201, uploaded.text
+    avatar_id = uploaded.json()["id"]
+
+    reply = await http.post("/v1/sessions", json={"avatar_id": avatar_id})
+    after = (await http.get(f"/v1/avatars/{avatar_id}")).json()["state"]
+
+    # Still preparing once the answer came: it was preparing when asked, so 409.
+    if after == "preparing":
+        assert reply.status_code == 409, reply.text
+        assert "not prepared" in reply.json()["error"]["message"]
+    elif reply.status_code == 201:
+        await http.delete(f"/v1/sessions/{reply.json()['id']}")
+    await http.delete(f"/v1/avatars/{avatar_id}")
 
 
 async def test_video_comes_at_the_avatars_rate_with_an_audio_track_and_speech_moves_the_mouth(
