@@ -357,7 +357,8 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         description="seconds of speech a session holds ahead of what is playing; a WebSocket "
-        "client sending past it is closed (code 1008), POST .../speech answers 429",
+        "client sending faster is held back (the server stops reading; one message larger "
+        "than this closes it, code 1008), POST .../speech answers 429",
     )
     live_peer_wait_s: float = Field(
         60.0,
