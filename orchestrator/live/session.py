@@ -119,6 +119,7 @@ class Session:
         self._timeline = Timeline(latency_s + max_queued_s + 2 * KEEP_BEHIND_S)
         self._generation = 0  # bumped by interrupt: work planned before it is dropped
         self._planned: dict[int, _Planned] = {}
+        self._next_due = 0  # the next frame the emitter publishes
         self._published = asyncio.Event()
         self._frame: tuple[int, np.ndarray] | None = None
         self._room = asyncio.Event()  # set whenever speech has played (room in the queue)
@@ -228,6 +229,9 @@ class Session:
         index = 0
         while True:
             await self.until(live.final_at(index, self.fps, self._latency_s))
+            # A starved loop may wake the emitter first: frames it already passed are not
+            # planned (nobody would take them).
+            index = max(index, self._next_due)
             self._planned[index] = self._plan_frame(index)
             index += 1
 
@@ -281,7 +285,7 @@ class Session:
             self._publish(current, self._take(current))
             self._timeline.forget_before(self.position() - int(KEEP_BEHIND_S * SAMPLE_RATE))
             self._room.set()
-            index = current + 1
+            index = self._next_due = current + 1
 
     def _take(self, index: int) -> np.ndarray:
         planned = self._planned.pop(index, None)
