@@ -27,12 +27,16 @@ from orchestrator.pipeline.avatar_cache import Avatar, load_avatar
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
 from orchestrator.storage import Storage
+from orchestrator.triton import TritonClient
 
 log = logging.getLogger(__name__)
 STAGE = "sessions"
 # Retry-After of a refusal at capacity: sessions last minutes, so retrying sooner than a
 # few seconds only adds load.
 FULL_RETRY_AFTER_S = 10
+# Lipsync requests one session may have in flight: the frames rendered ahead of the clock
+# (DH_LIVE_LATENCY_S less the model's look-ahead, a few frames).
+LIVE_IN_FLIGHT_PER_SESSION = 8
 
 
 class Sessions:
@@ -49,6 +53,18 @@ class Sessions:
         self._store = store
         self._storage = storage
         self._metrics = metrics
+        # Live frames have a deadline: a client of their own, so a batch job's requests in
+        # flight (the engine's client is bounded by DH_TRITON_MAX_IN_FLIGHT) never queue
+        # them in this process. Triton's dynamic batcher still merges them all.
+        self._client = TritonClient(
+            settings.triton_url,
+            request_timeout_s=settings.triton_request_timeout_s,
+            retry_deadline_s=settings.triton_retry_deadline_s,
+            max_in_flight=max(
+                settings.triton_max_in_flight, LIVE_IN_FLIGHT_PER_SESSION * settings.max_sessions
+            ),
+        )
+        self._client.observer = metrics
         self._sessions: dict[str, Session] = {}
         self._peers: dict[str, Peer] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
@@ -68,6 +84,7 @@ class Sessions:
             await self.end(session_id)
         self._patches.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        await self._client.close()
 
     # the REST side
 
@@ -176,9 +193,9 @@ class Sessions:
             try:
                 served = self._engine.served
             except PipelineError:  # this role never started the engine
-                served = await load_served_models(self._engine.client, self.settings)
+                served = await load_served_models(self._client, self.settings)
             self._model = LiveModel(
-                self._engine.client, served.lipsync.name, served.face_size, served.composite
+                self._client, served.lipsync.name, served.face_size, served.composite
             )
         return self._model
 
