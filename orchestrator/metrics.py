@@ -24,6 +24,8 @@ JOB_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
 STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1200)
 # One Triton request: milliseconds on a GPU, up to seconds on the CPU test server.
 TRITON_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# One live frame: a few ms on a GPU; its budget is DH_LIVE_LATENCY_S less 0.2 s.
+LIVE_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1)
 CLEANUP_KINDS = (
     "job",
     "result",
@@ -88,6 +90,23 @@ class ServiceMetrics:
             buckets=TRITON_BUCKETS,
             registry=r,
         )
+        # Live sessions (orchestrator/live): this replica's, as they happen.
+        self.sessions = Gauge("dh_live_sessions", "Live sessions open on this replica", registry=r)
+        self.live_frames_sent = Counter(
+            "dh_live_frames_sent", "Live video frames handed to WebRTC peers", registry=r
+        )
+        self.live_late_frames = Counter(
+            "dh_live_late_frames",
+            "Live frames whose lip-synced picture was not ready at its time (an idle frame "
+            "was shown instead)",
+            registry=r,
+        )
+        self.live_latency = Histogram(
+            "dh_live_frame_latency_seconds",
+            "From a live frame's audio being final to its lip-synced picture being ready",
+            buckets=LIVE_BUCKETS,
+            registry=r,
+        )
         self.gpu = NvmlCollector.create()
         if self.gpu is not None:
             r.register(self.gpu)
@@ -105,6 +124,12 @@ class ServiceMetrics:
         self.job_seconds.labels(state).observe(seconds)
         for stage, busy in stage_seconds.items():
             self.stage_seconds.labels(stage).observe(busy)
+
+    def live_frame(self, late: bool, latency_s: float | None) -> None:
+        if late:
+            self.live_late_frames.inc()
+        if latency_s is not None:
+            self.live_latency.observe(latency_s)
 
     def frames_rendered(self, count: int) -> None:
         """Counted as frames are encoded, so a frames-per-second graph is live, not lumpy."""

@@ -37,6 +37,7 @@ from orchestrator.jobs.retention import Retention
 from orchestrator.jobs.scheduler import Scheduler
 from orchestrator.jobs.store import JobRecord, JobStore, open_store
 from orchestrator.jobs.webhook import WebhookSender
+from orchestrator.live.sessions import Sessions
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.outbound import fetch_policy, guarded_client, webhook_policy
 from orchestrator.pipeline.runner import Engine
@@ -61,6 +62,7 @@ class Core:
     avatars: Avatars
     webhooks: WebhookSender
     scheduler: Scheduler
+    sessions: Sessions  # live sessions: started by the API role
 
 
 async def open_core(
@@ -115,6 +117,8 @@ async def open_core(
         dependencies,
         on_succeeded=result_placer(settings, storage, io_pool),  # HeyGem's result file
     )
+    sessions = Sessions(settings, engine, store, storage, metrics)
+    stack.push_async_callback(sessions.stop)  # before the engine's client closes
     return Core(
         settings=settings,
         io_pool=io_pool,
@@ -129,6 +133,7 @@ async def open_core(
         avatars=avatars,
         webhooks=webhooks,
         scheduler=scheduler,
+        sessions=sessions,
     )
 
 
@@ -150,6 +155,8 @@ class ApiRole:
     async def start(core: Core, stack: AsyncExitStack) -> None:
         # A DELETE of a job another replica renders waits for that replica's "ended".
         core.scheduler.listen()
+        # Live sessions live where their WebRTC peer is: in the process that answers.
+        core.sessions.start()
 
 
 class WorkerRole:

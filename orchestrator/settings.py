@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _SHORT_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
@@ -19,6 +19,14 @@ def _duration(value: object) -> object:
     if isinstance(value, str) and (short := _SHORT_DURATION.fullmatch(value.strip())):
         return float(short.group(1)) * _UNIT_S[short.group(2).lower()]
     return value
+
+
+class IceServer(BaseModel):
+    """One STUN or TURN server, as a browser's RTCIceServer writes it."""
+
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
 
 
 class Settings(BaseSettings):
@@ -329,6 +337,44 @@ class Settings(BaseSettings):
         gt=0,
         description="how often leases are renewed, progress written and expired leases swept "
         "(must be below DH_LEASE_S); a dead replica's job runs again within about both added",
+    )
+
+    # Live sessions (orchestrator/live): a prepared avatar streamed over WebRTC from speech.
+    max_sessions: int = Field(
+        4,
+        ge=0,
+        description="live sessions this replica holds at once; past it POST /v1/sessions "
+        "answers 429 with Retry-After (each session runs a clock, a frame loop and a peer)",
+    )
+    live_latency_s: float = Field(
+        0.4,
+        ge=0.3,
+        le=5.0,
+        description="speech heard now moves the mouth this much later: the lipsync model "
+        "looks 0.2 s ahead, the rest is the time a frame has to be inferred and composited",
+    )
+    live_max_queued_s: float = Field(
+        30.0,
+        gt=0,
+        description="seconds of speech a session holds ahead of what is playing; a WebSocket "
+        "client sending faster is held back (the server stops reading; one message larger "
+        "than this closes it, code 1008), POST .../speech answers 429",
+    )
+    live_peer_wait_s: float = Field(
+        60.0,
+        gt=0,
+        description="a session without a connected WebRTC peer for this long ends by itself",
+    )
+    ice_servers: list[IceServer] = Field(
+        default_factory=list,
+        description='STUN/TURN servers offered to WebRTC peers, as JSON: [{"urls": '
+        '"turn:turn.example.com:3478", "username": "u", "credential": "p"}]; a fleet behind '
+        "NAT needs a TURN server (docs/api.md)",
+    )
+    ice_host_addresses: list[str] = Field(
+        default_factory=list,
+        description="the addresses this replica offers as ICE host candidates, e.g. "
+        '["10.0.0.5"] or ["127.0.0.1"]; empty: every interface but loopback (aioice\'s default)',
     )
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ from orchestrator.api.auth import require_api_key
 from orchestrator.api.connections import InFlightLimit
 from orchestrator.api.deps import Service
 from orchestrator.api.limits_middleware import BodyLimitMiddleware, BodyLimits, upload_routes
-from orchestrator.api.routes import avatars, easy, health, jobs, metrics
+from orchestrator.api.routes import avatars, easy, health, jobs, metrics, sessions
 from orchestrator.api.schemas import error_responses
 from orchestrator.errors import PipelineError
 from orchestrator.roles import SERVE, ApiRole, Role, WorkerRole, needs, open_core
@@ -57,6 +57,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             metrics=core.metrics,
             io_pool=core.io_pool,
             http=core.http,
+            sessions=core.sessions,
             role="+".join(role.name for role in roles),
             needs=needs(roles),
         )
@@ -110,6 +111,8 @@ def _mount_api(app: FastAPI) -> None:
     keyed = error_responses(401, 408, 413)
     app.include_router(avatars.router, dependencies=protected, responses=keyed)
     app.include_router(jobs.router, dependencies=protected, responses=keyed)
+    app.include_router(sessions.router, dependencies=protected, responses=keyed)
+    app.include_router(sessions.socket_router)  # checks the API key itself
     app.include_router(easy.router, dependencies=protected)
 
 

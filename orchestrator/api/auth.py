@@ -14,10 +14,15 @@ SCHEME = "bearer"
 
 
 async def require_api_key(request: Request, service: ServiceDep) -> None:
-    expected = service.settings.api_key
+    check_api_key(service.settings.api_key, request.headers.get("authorization", ""))
+
+
+def check_api_key(expected: str | None, authorization: str) -> None:
+    """Unauthorized unless `authorization` ("Bearer <key>") carries the key (if one is set).
+    The WebSocket route calls it itself: FastAPI's HTTP dependencies do not run there."""
     if not expected:
         return
-    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    scheme, _, presented = authorization.partition(" ")
     if scheme.lower() != SCHEME or not presented:
         raise Unauthorized(
             STAGE, "this server needs an API key: send 'Authorization: Bearer <key>'"

@@ -14,6 +14,7 @@ from orchestrator.jobs.admission import Admission
 from orchestrator.jobs.avatars import AvatarRegistry
 from orchestrator.jobs.scheduler import Scheduler
 from orchestrator.jobs.store import JobStore
+from orchestrator.live.sessions import Sessions
 from orchestrator.metrics import ServiceMetrics
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
@@ -33,6 +34,7 @@ class Service:
     metrics: ServiceMetrics
     io_pool: ThreadPoolExecutor  # upload writes, hashing, probing: short blocking calls
     http: httpx.AsyncClient  # input fetches and webhooks
+    sessions: Sessions  # live sessions this process holds (orchestrator.live)
     role: str  # "api", "worker" or "api+worker" (`dh serve`)
     needs: tuple[str, ...]  # what this process needs to do its work: /readyz checks these
 

@@ -1,0 +1,384 @@
+"""One live session: a clock at the avatar's frame rate, a speech timeline, a frame loop.
+
+Two tasks run on the session's one clock (`loop.time()` at start plus frame times):
+- the planner starts frame i's work as soon as its audio is final (frames.final_at): a
+  read of the avatar's own frame (ping-pong walk) and, when speech reaches the frame's mel
+  window, a small lipsync request through the shared Triton client (Triton's dynamic
+  batcher merges the sessions' requests) and a composite on the shared pool;
+- the emitter publishes frame i at exactly its time: the lip-synced frame when it is done,
+  else the idle frame and a late count. Times come from the clock, never from counting
+  sleeps, so a session that cannot keep up shows idle frames and never drifts.
+
+The video and audio tracks (tracks.py) read what the emitter publishes and the timeline,
+stamped from the same clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from orchestrator.blocking import run_blocking
+from orchestrator.errors import Backlogged, NotFound
+from orchestrator.live import frames as live
+from orchestrator.live.speech import KEEP_BEHIND_S, Timeline
+from orchestrator.pipeline.avatar_cache import Avatar
+from orchestrator.pipeline.composite import CompositeMode, composite_frame
+from orchestrator.pipeline.drive import output_fps
+from orchestrator.pipeline.infer import _to_pixels, face_crop, face_stack
+from orchestrator.pipeline.mel import SAMPLE_RATE
+from orchestrator.triton import TritonClient
+
+log = logging.getLogger(__name__)
+STAGE = "session"
+# Render latencies kept for the p50/p95 a session reports.
+LATENCY_SAMPLES = 500
+# The clock starts this long after the session is opened: frame 0 is planned at once (its
+# audio is final from the start) and needs a moment for its avatar frame to be read.
+START_LEAD_S = 0.1
+
+
+class SessionState(StrEnum):
+    WAITING = "waiting"  # created; no WebRTC peer connected (yet, or any more)
+    STREAMING = "streaming"  # a peer is connected
+    ENDED = "ended"
+
+
+class SessionEnded(NotFound):
+    """The session ended while something used it (a track, a speech writer): 404."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(STAGE, f"live session '{session_id}' has ended")
+
+
+@dataclass(frozen=True)
+class LiveModel:
+    """The lipsync model as sessions use it (models.ServedModels)."""
+
+    client: TritonClient
+    name: str
+    face_size: int
+    composite: CompositeMode
+
+
+@dataclass
+class _Planned:
+    generation: int
+    idle: asyncio.Task[np.ndarray]
+    speech: asyncio.Task[tuple[np.ndarray, float]] | None
+
+
+@dataclass
+class SessionStats:
+    frames_sent: int = 0
+    late_frames: int = 0
+    latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+
+
+class Session:
+    def __init__(
+        self,
+        session_id: str,
+        avatar: Avatar,
+        model: LiveModel,
+        pool: Executor,
+        *,
+        latency_s: float,
+        max_queued_s: float,
+        on_frame: Callable[[bool, float | None], None] | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> None:
+        self.id = session_id
+        self.avatar = avatar
+        self.fps: Fraction = output_fps(avatar.fps, None)
+        self.created_at = time.time()
+        self.state = SessionState.WAITING
+        self.stats = SessionStats()
+        self._model = model
+        self._pool = pool
+        self._latency_s = latency_s
+        self._max_queued = int(max_queued_s * SAMPLE_RATE)
+        self._on_frame = on_frame or (lambda late, latency: None)
+        self._on_sent = on_sent or (lambda: None)
+        self._frames = avatar.open_frames()
+        # Reads run on pool threads; close() takes the lock too, so no read ever meets a
+        # closed (or reused) file descriptor.
+        self._frames_lock = threading.Lock()
+        self._timeline = Timeline(latency_s + max_queued_s + 2 * KEEP_BEHIND_S)
+        self._generation = 0  # bumped by interrupt: work planned before it is dropped
+        self._planned: dict[int, _Planned] = {}
+        self._next_due = 0  # the next frame the emitter publishes
+        self._published = asyncio.Event()
+        self._frame: tuple[int, np.ndarray] | None = None
+        self._room = asyncio.Event()  # set whenever speech has played (room in the queue)
+        self._start = 0.0
+        self._fallback: np.ndarray | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ended = asyncio.Event()
+
+    # clock
+
+    async def start(self) -> None:
+        """Reads the first avatar frame (what a peer sees should a frame ever be missing)
+        and starts the clock, a moment ahead so that frame 0's work is done in time."""
+        self._fallback = await run_blocking(self._pool, self._read, 0)
+        loop = asyncio.get_running_loop()
+        self._start = loop.time() + START_LEAD_S
+        self._tasks = [
+            asyncio.create_task(self._plan(), name=f"session-{self.id}-plan"),
+            asyncio.create_task(self._emit(), name=f"session-{self.id}-emit"),
+        ]
+
+    def now(self) -> float:
+        """Seconds on the session's clock."""
+        return asyncio.get_running_loop().time() - self._start
+
+    def position(self) -> int:
+        """The sample playing now (0 until the clock starts: see START_LEAD_S)."""
+        return max(0, int(self.now() * SAMPLE_RATE))
+
+    async def until(self, seconds: float) -> None:
+        """Returns at `seconds` on the session's clock (at once if past)."""
+        await asyncio.sleep(max(0.0, seconds - self.now()))
+
+    @property
+    def seconds_live(self) -> float:
+        return max(0.0, self.now()) if self._start else 0.0
+
+    # speech
+
+    def queue_speech(self, samples: np.ndarray) -> None:
+        """Queues 16 kHz speech after what is queued, and never sooner than the latency
+        from now; Backlogged when it would hold more than the bound ahead."""
+        self._check_open()
+        now = self.position()
+        at = max(self._timeline.end, now + int(self._latency_s * SAMPLE_RATE))
+        if at + samples.size - now > self._max_queued + int(self._latency_s * SAMPLE_RATE):
+            free = max(0.0, (self._max_queued - self.queued_samples()) / SAMPLE_RATE)
+            raise Backlogged(
+                STAGE,
+                f"{samples.size / SAMPLE_RATE:.1f} s of speech would queue more than "
+                f"DH_LIVE_MAX_QUEUED_S; {free:.1f} s free now: send in real time",
+                retry_after_s=max(1, int(samples.size / SAMPLE_RATE - free) + 1),
+            )
+        self._timeline.write(samples, at)
+
+    @property
+    def max_queued_samples(self) -> int:
+        return self._max_queued
+
+    def queued_samples(self) -> int:
+        return max(0, self._timeline.end - self.position())
+
+    @property
+    def speech_queued_s(self) -> float:
+        return self.queued_samples() / SAMPLE_RATE
+
+    async def wait_for_room(self, samples: int) -> None:
+        """Back-pressure: returns once `samples` more fit in the queue."""
+        while self.queued_samples() + samples > self._max_queued:
+            self._check_open()
+            self._room.clear()
+            await self._room.wait()
+
+    def interrupt(self) -> None:
+        """Barge-in: queued speech is dropped from now on; frames planned with it show the
+        avatar's own frames instead."""
+        self._check_open()
+        self._timeline.truncate(self.position())
+        self._generation += 1
+
+    def audio(self, start: int, count: int) -> np.ndarray:
+        """The session's audio: `count` samples from position `start` (silence where none)."""
+        return self._timeline.read(start, count)
+
+    # video
+
+    async def next_frame(self, after: int) -> tuple[int, np.ndarray]:
+        """The newest frame published after frame `after` (waits for it)."""
+        while self._frame is None or self._frame[0] <= after:
+            self._check_open()
+            published = self._published
+            await published.wait()
+        return self._frame
+
+    def sent(self) -> None:
+        """A track handed frame to its peer."""
+        self.stats.frames_sent += 1
+        self._on_sent()
+
+    def _check_open(self) -> None:
+        if self.state == SessionState.ENDED:
+            raise SessionEnded(self.id)
+
+    # the frame loop
+
+    async def _plan(self) -> None:
+        index = 0
+        while True:
+            await self.until(live.final_at(index, self.fps, self._latency_s))
+            # A starved loop may wake the emitter first: frames it already passed are not
+            # planned (nobody would take them).
+            index = max(index, self._next_due)
+            self._planned[index] = self._plan_frame(index)
+            index += 1
+
+    def _plan_frame(self, index: int) -> _Planned:
+        source = live.avatar_index(index, self.avatar.frame_count)
+        idle = asyncio.create_task(run_blocking(self._pool, self._read, source))
+        box = live.face_box(self.avatar.boxes, source)
+        start, end = live.window_span(index, self.fps)
+        speech = None
+        if box is not None and self._timeline.has_speech(start, end):
+            segment = self._timeline.read(start, end - start)
+            speech = asyncio.create_task(self._lipsync(idle, box, segment))
+        return _Planned(self._generation, idle, speech)
+
+    def _read(self, index: int) -> np.ndarray:
+        with self._frames_lock:
+            self._check_open()
+            return self._frames.read(index)
+
+    def _close_frames(self) -> None:
+        with self._frames_lock:
+            self._frames.close()
+
+    async def _lipsync(
+        self,
+        idle: asyncio.Task[np.ndarray],
+        box: tuple[int, int, int, int],
+        segment: np.ndarray,
+    ) -> tuple[np.ndarray, float]:
+        started = asyncio.get_running_loop().time()
+        frame = await asyncio.shield(idle)
+        size = self._model.face_size
+        mel, face, given = await run_blocking(self._pool, _inputs, frame, box, segment, size)
+        result = await self._model.client.infer(
+            self._model.name, {"mel": mel, "face": face}, ["pred"]
+        )
+        generated = await run_blocking(
+            self._pool, _composite, frame, box, result["pred"], given, self._model.composite
+        )
+        return generated, asyncio.get_running_loop().time() - started
+
+    async def _emit(self) -> None:
+        index = 0
+        while True:
+            await self.until(live.due_at(index, self.fps))
+            # Frames whose time has passed while the loop was busy are skipped, not shown
+            # late: the video stays on the clock.
+            current = max(index, int(self.now() * self.fps))
+            for skipped in range(index, current):
+                self._drop(skipped)
+            self._publish(current, self._take(current))
+            self._timeline.forget_before(self.position() - int(KEEP_BEHIND_S * SAMPLE_RATE))
+            self._room.set()
+            index = self._next_due = current + 1
+
+    def _take(self, index: int) -> np.ndarray:
+        planned = self._planned.pop(index, None)
+        fallback = self._frame[1] if self._frame is not None else self._fallback
+        if planned is None:
+            self._count(late=True, latency=None)
+            assert fallback is not None  # start() read it
+            return fallback
+        speech, idle = planned.speech, planned.idle
+        if speech is not None and planned.generation == self._generation:
+            if speech.done() and not speech.cancelled():
+                failure = speech.exception()
+                if failure is None:
+                    generated, latency = speech.result()
+                    self.stats.latencies_s.append(latency)
+                    self._count(late=False, latency=latency)
+                    return generated
+                # A failed request shows the idle frame; the next frames try again.
+                log.warning("session %s: frame %d: %s", self.id, index, failure)
+            self._count(late=True, latency=None)
+        if speech is not None:
+            speech.cancel()
+        if idle.done() and not idle.cancelled() and idle.exception() is None:
+            return idle.result()
+        idle.cancel()
+        assert fallback is not None
+        return fallback
+
+    def _drop(self, index: int) -> None:
+        planned = self._planned.pop(index, None)
+        if planned is not None:
+            planned.idle.cancel()
+            if planned.speech is not None:
+                planned.speech.cancel()
+        self._count(late=True, latency=None)
+
+    def _count(self, *, late: bool, latency: float | None) -> None:
+        if late:
+            self.stats.late_frames += 1
+        self._on_frame(late, latency)
+
+    def _publish(self, index: int, frame: np.ndarray) -> None:
+        self._frame = (index, frame)
+        published, self._published = self._published, asyncio.Event()
+        published.set()
+
+    # end
+
+    async def wait_ended(self) -> None:
+        await self._ended.wait()
+
+    async def close(self) -> None:
+        """Stops the clock and every task of the session; its tracks end."""
+        if self.state == SessionState.ENDED:
+            return
+        self.state = SessionState.ENDED
+        for task in self._tasks:
+            task.cancel()
+        for planned in self._planned.values():
+            planned.idle.cancel()
+            if planned.speech is not None:
+                planned.speech.cancel()
+        pending: list[asyncio.Future[Any]] = [*self._tasks]
+        pending += [p.idle for p in self._planned.values()]
+        pending += [p.speech for p in self._planned.values() if p.speech is not None]
+        self._planned.clear()
+        if pending:
+            await asyncio.wait(pending)
+        for task in self._tasks:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("session %s: %s", self.id, task.exception())
+        # Wake whoever waits for a frame, for room or for the end: the session ended.
+        self._published.set()
+        self._room.set()
+        self._ended.set()
+        with contextlib.suppress(OSError):
+            await run_blocking(self._pool, self._close_frames)
+
+
+def _inputs(
+    frame: np.ndarray, box: tuple[int, int, int, int], segment: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One frame's lipsync inputs ([1, 1, 80, 16] mel, [1, 6, S, S] face) and its crop."""
+    mel = live.frame_mel_window(segment)[None, None].astype(np.float32)
+    face = face_stack(frame, box, size)[None]
+    return mel, face, face_crop(frame, box, size)
+
+
+def _composite(
+    frame: np.ndarray,
+    box: tuple[int, int, int, int],
+    pred: np.ndarray,
+    given: np.ndarray,
+    mode: CompositeMode,
+) -> np.ndarray:
+    return composite_frame(frame, box, _to_pixels(pred)[0], given, mode)
