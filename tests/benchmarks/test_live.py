@@ -3,6 +3,7 @@ at, the search over N, and the summary's JSON line."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -22,6 +23,10 @@ from benchmarks.live import (
     search,
     summary,
 )
+from synthmedia.audio import continuous_speech
+from synthmedia.avatar import mouth_region
+from tests.live.stub_server import AVATAR_ID as STUB_AVATAR
+from tests.live.stub_server import SIZE, running_stub
 
 PERIOD = 1 / 25
 
@@ -135,3 +140,14 @@ def test_a_round_from_session_logs() -> None:
     # A session that saw nothing makes the round fail.
     assert not round_from_logs(2, [log, SessionLog()], start, stop).passed
     assert live.LATE_LIMIT == 0.01
+
+
+def test_sessions_against_a_stub_of_the_contract() -> None:
+    """The benchmark's client (WebSocket up, WebRTC down, aiortc) against
+    tests/live/stub_server.py, whose mouth darkens with the loudness it hears."""
+    pcm = np.round(continuous_speech(3.0) * 32767).astype(np.int16)
+    with running_stub() as base:
+        result = asyncio.run(live.live_round(base, "", STUB_AVATAR, pcm, 2, mouth_region(SIZE)))
+    assert result.fps == pytest.approx(2 * 25, rel=0.2)
+    assert result.latency_p50_s is not None
+    assert 0 <= result.latency_p50_s < 1.0

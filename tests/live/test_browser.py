@@ -9,6 +9,7 @@ live-session server of orchestrator/live and a real Triton.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from tests.api.conftest import API_KEY, AVATAR_SIZE, ServerFactory, register_ava
 from tests.api.server import ApiServer
 from tests.live import browser_fixtures
 from tests.live.browser_fixtures import PAUSE_S, PHRASE_S, FakeMicrophone, mouth_follows_voice
+from tests.live.stub_server import AVATAR_ID as STUB_AVATAR
+from tests.live.stub_server import running_stub
 
 # Fixtures shared with tests/api (a real `dh serve` with a prepared avatar) and the browser's.
 api_media = api_fixtures.api_media
@@ -97,6 +100,12 @@ def page_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def stub_server() -> Iterator[str]:
+    with running_stub() as base:
+        yield base
+
+
 def test_the_fake_microphone_file_has_speech_and_silences(fake_microphone: FakeMicrophone) -> None:
     samples = fake_microphone.samples
     blocks = samples[: samples.size // 320 * 320].reshape(-1, 320)  # 20 ms blocks
@@ -144,20 +153,16 @@ def test_chromium_loads_the_page_and_hears_the_fake_microphone(
     page.close()
 
 
-def test_the_page_connects_and_the_mouth_follows_the_microphone(
-    browser: Any, server_factory: ServerFactory, avatar_video: Path
+def _session_in_page(
+    browser: Any, base_url: str, api_key: str, avatar_id: str, screenshot: Path
 ) -> None:
-    server = server_factory(api_key=API_KEY)
-    with httpx.Client(base_url=server.base_url, timeout=10.0) as probe:
-        routes = probe.get("/openapi.json").json()["paths"]
-    if "/v1/sessions" not in routes:
-        pytest.fail("this server has no /v1/sessions: the live-session server is not merged")
-    avatar_id = register_avatar(server, avatar_video)
+    """The whole user's path on /live: key, avatar, connect, talk (the fake microphone),
+    watch, disconnect; with every assertion of the issue on what the page saw."""
     page = browser.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(str(error)))
-    page.goto(f"{server.base_url}/live")
-    page.fill("#api-key", API_KEY)
+    page.goto(f"{base_url}/live")
+    page.fill("#api-key", api_key)
     page.dispatch_event("#api-key", "change")
     page.wait_for_function(
         f"[...document.getElementById('avatar').options].some(o => o.value === '{avatar_id}')"
@@ -168,10 +173,11 @@ def test_the_page_connects_and_the_mouth_follows_the_microphone(
         "window.live.stats.framesDecoded > 25 && window.live.micBlocksSent > 50",
         timeout=CONNECT_TIMEOUT_MS,
     )
-    region = mouth_region(AVATAR_SIZE)
-    seen = page.evaluate(SAMPLE_MOUTH, [*region, SAMPLE_S])
-    page.wait_for_function("window.live.stats.audioSamples > 0")
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    seen = page.evaluate(SAMPLE_MOUTH, [*mouth_region(AVATAR_SIZE), SAMPLE_S])
+    page.wait_for_function("window.live.stats.audioSamples > 0")  # an audio track arrives
+    page.wait_for_function("document.getElementById('server-session').textContent !== '–'")
+    screenshot.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(screenshot), full_page=True)
 
     assert seen["errors"] == [] and problems == []
     assert seen["fps"] >= MIN_FPS, seen["stats"]
@@ -186,9 +192,30 @@ def test_the_page_connects_and_the_mouth_follows_the_microphone(
     assert following.silence_motion <= MAX_SILENCE_MOTION * following.speech_motion, following
     page.click("#disconnect")
     page.wait_for_function("document.getElementById('connect').disabled === false")
-    with server.client() as client:
-        assert client.get("/v1/sessions").json()["items"] == []
+    headers = {"Authorization": f"Bearer {api_key}"}
+    assert httpx.get(f"{base_url}/v1/sessions", headers=headers).json()["items"] == []
+    assert problems == []
     page.close()
+
+
+def test_the_page_drives_a_session_of_the_contract(browser: Any, stub_server: str) -> None:
+    """Against tests/live/stub_server.py (the contract, with a mouth that darkens by the
+    loudness heard): the page's side of every route works before the real server exists."""
+    _session_in_page(
+        browser, stub_server, API_KEY, STUB_AVATAR, SCREENSHOT.with_name("live-stub.png")
+    )
+
+
+def test_the_page_connects_and_the_mouth_follows_the_microphone(
+    browser: Any, server_factory: ServerFactory, avatar_video: Path
+) -> None:
+    server = server_factory(api_key=API_KEY)
+    with httpx.Client(base_url=server.base_url, timeout=10.0) as probe:
+        routes = probe.get("/openapi.json").json()["paths"]
+    if "/v1/sessions" not in routes:
+        pytest.fail("this server has no /v1/sessions: the live-session server is not merged")
+    avatar_id = register_avatar(server, avatar_video)
+    _session_in_page(browser, server.base_url, API_KEY, avatar_id, SCREENSHOT)
 
 
 def test_the_analysis_finds_the_delay_and_the_silences() -> None:
