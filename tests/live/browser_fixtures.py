@@ -68,9 +68,13 @@ def fake_microphone(tmp_path_factory: pytest.TempPathFactory) -> FakeMicrophone:
     return FakeMicrophone(path, samples)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser(fake_microphone: FakeMicrophone) -> Iterator[Any]:
-    """Chromium under Playwright; skipped (with the reason) only where there is none."""
+    """Chromium under Playwright; skipped (with the reason) only where there is none.
+
+    One per test (a launch takes a second): Playwright's sync API runs an event loop of its
+    own while it lives, and the suite's async fixtures (a prepared avatar) must be set up
+    while none runs: pytest sets up the session's fixtures before this one."""
     executable = chromium_path()
     if executable is None:
         pytest.skip(
