@@ -2,6 +2,7 @@
 
     python -m benchmarks.live [--quick] [--triton-url HOST:PORT] [--lipsync-model NAME]
                               [--seconds S] [--size PX] [--max-sessions N]
+                              [--server-url URL [--avatar-id ID] [--api-key KEY]]
 
 One run, one local Triton (started here unless --triton-url names one), one `dh serve`
 started here against it. For N sessions at once, each streams continuous speech (no pause
@@ -285,8 +286,10 @@ def serve(settings: dict[str, str], log: Path) -> Iterator[str]:
                 process.wait()
 
 
-def register_avatar(base: str, video: Path) -> str:
-    with httpx.Client(base_url=base, timeout=60.0) as client:
+def register_avatar(base: str, video: Path, api_key: str = "") -> str:
+    """Uploads `video` as an avatar and waits until it is prepared; returns its id."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=base, headers=headers, timeout=60.0) as client:
         reply = client.post("/v1/avatars", files={"video": (video.name, video.read_bytes())})
         reply.raise_for_status()
         avatar_id = str(reply.json()["id"])
@@ -564,6 +567,11 @@ class Plan:
     lipsync_model: str
     max_sessions: int
     model_frames: int
+    # A running service to measure instead of a `dh serve` started here, and its avatar
+    # (the astronaut avatar of --size, prepared there) and key.
+    server_url: str | None = None
+    avatar_id: str | None = None
+    api_key: str = ""
 
 
 def _onnx_file(model: str) -> Path:
@@ -592,20 +600,22 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
                 "DH_LIPSYNC_MODEL": plan.lipsync_model,
                 "DH_DATA_DIR": str(work / "server-data"),
             }
-            with serve(env, work / "serve.log") as base:
-                with httpx.Client(base_url=base, timeout=10.0) as probe:
+            with contextlib.ExitStack() as stack:
+                base = plan.server_url or stack.enter_context(serve(env, work / "serve.log"))
+                headers = {"Authorization": f"Bearer {plan.api_key}"} if plan.api_key else {}
+                with httpx.Client(base_url=base, headers=headers, timeout=10.0) as probe:
                     if "/v1/sessions" not in probe.get("/openapi.json").json()["paths"]:
                         print(
-                            "benchmarks.live: refused: this dh serve has no /v1/sessions",
+                            f"benchmarks.live: refused: {base} has no /v1/sessions",
                             file=sys.stderr,
                         )
                         return EXIT_REFUSED
-                avatar_id = register_avatar(base, video)
+                avatar_id = plan.avatar_id or register_avatar(base, video, plan.api_key)
                 region = mouth_region(size)
 
                 def live(n: int) -> Round:
                     _step(f"{n} live session(s)")
-                    result = asyncio.run(live_round(base, "", avatar_id, pcm, n, region))
+                    result = asyncio.run(live_round(base, plan.api_key, avatar_id, pcm, n, region))
                     out(render_row("live", result))
                     return result
 
@@ -666,6 +676,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="speech streamed per session")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="avatar side in pixels")
     parser.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS)
+    parser.add_argument(
+        "--server-url", help="measure this running service instead of a dh serve started here"
+    )
+    parser.add_argument("--avatar-id", help="its prepared avatar (default: upload ours)")
+    parser.add_argument("--api-key", default="", help="its API key, if it asks for one")
     args = parser.parse_args(argv)
     plan = Plan(
         seconds=args.seconds or (QUICK_SECONDS if args.quick else DEFAULT_SECONDS),
@@ -673,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
         lipsync_model=args.lipsync_model,
         max_sessions=args.max_sessions,
         model_frames=64 if args.quick else 320,
+        server_url=args.server_url,
+        avatar_id=args.avatar_id,
+        api_key=args.api_key,
     )
     return run(plan, args.triton_url, lambda line: print(line, flush=True))
 
