@@ -32,6 +32,10 @@ VOWEL_FORMANTS: tuple[tuple[tuple[float, float], ...], ...] = (
     ((570, 70), (840, 80), (2410, 170)),  # o
     ((300, 60), (870, 80), (2240, 170)),  # u
 )
+# Pause between phrases in seconds (low, high): a breath, as in read speech.
+PHRASE_PAUSE_S = (0.3, 0.6)
+# Continuous speech: no gap longer than this anywhere (syllable gaps are at most 0.05 s).
+CONTINUOUS_PAUSE_S = (0.0, 0.1)
 # Peak level of generated speech: loud but well clear of clipping after lossy coding.
 SPEECH_PEAK = 0.6
 # Peak amplitude of a noise burst: near full scale, so a click stands out from anything.
@@ -49,8 +53,14 @@ _DEFAULT_TEXT = (
 )
 
 
-def voiced_speech(seconds: float, sample_rate: int = SPEECH_RATE, seed: int = 0) -> np.ndarray:
-    """A speech-like float32 mono signal: voiced syllables at ~4 Hz with pauses between phrases.
+def voiced_speech(
+    seconds: float,
+    sample_rate: int = SPEECH_RATE,
+    seed: int = 0,
+    phrase_pause_s: tuple[float, float] = PHRASE_PAUSE_S,
+) -> np.ndarray:
+    """A speech-like float32 mono signal: voiced syllables at ~4 Hz with pauses between phrases
+    (each drawn from `phrase_pause_s`, seconds).
 
     Glottal pulses with jittered pitch excite three formant resonators chosen per syllable;
     a raised-cosine envelope shapes each syllable. No words, but a mel spectrogram, a voice
@@ -76,11 +86,30 @@ def voiced_speech(seconds: float, sample_rate: int = SPEECH_RATE, seed: int = 0)
             envelope = scipy.signal.windows.tukey(stop - position, _SYLLABLE_TAPER)
             speech[position:stop] += syllable * envelope * rng.uniform(0.6, 1.0)
             position = stop + int(rng.uniform(0.0, 0.05) * sample_rate)
-        position += int(rng.uniform(0.3, 0.6) * sample_rate)  # pause between phrases
+        position += int(rng.uniform(*phrase_pause_s) * sample_rate)  # between phrases
     peak = float(np.abs(speech).max())
     if peak > 0:
         speech *= SPEECH_PEAK / peak
     return speech.astype(np.float32)
+
+
+def continuous_speech(seconds: float, sample_rate: int = SPEECH_RATE, seed: int = 0) -> np.ndarray:
+    """Speech with no pause longer than 0.2 s: a talker who never stops, the steady load a
+    live session's benchmark needs."""
+    return voiced_speech(seconds, sample_rate, seed, phrase_pause_s=CONTINUOUS_PAUSE_S)
+
+
+def speech_with_pauses(
+    phrases: int, speech_s: float = 1.6, pause_s: float = 1.6, sample_rate: int = SPEECH_RATE
+) -> np.ndarray:
+    """`phrases` stretches of continuous speech, each followed by `pause_s` of silence (the
+    signal starts with speech and ends in silence): a microphone whose talker stops, so a
+    test sees the mouth move with the voice and stay still in the silences."""
+    silence = np.zeros(round(pause_s * sample_rate), dtype=np.float32)
+    parts = []
+    for index in range(phrases):
+        parts += [continuous_speech(speech_s, sample_rate, seed=index), silence]
+    return np.concatenate(parts)
 
 
 def bursts(
@@ -275,7 +304,9 @@ def _write_wav(path: Path, planar: np.ndarray, sample_rate: int) -> None:
 
 __all__ = [
     "bursts",
+    "continuous_speech",
     "read_wav",
+    "speech_with_pauses",
     "voiced_speech",
     "write_audio",
     "write_empty",

@@ -24,7 +24,7 @@ from orchestrator.api.auth import require_api_key
 from orchestrator.api.connections import InFlightLimit
 from orchestrator.api.deps import Service
 from orchestrator.api.limits_middleware import BodyLimitMiddleware, BodyLimits, upload_routes
-from orchestrator.api.routes import avatars, easy, health, jobs, metrics, sessions
+from orchestrator.api.routes import avatars, easy, health, jobs, live_page, metrics, sessions
 from orchestrator.api.schemas import error_responses
 from orchestrator.errors import PipelineError
 from orchestrator.roles import SERVE, ApiRole, Role, WorkerRole, needs, open_core
@@ -114,6 +114,7 @@ def _mount_api(app: FastAPI) -> None:
     app.include_router(sessions.router, dependencies=protected, responses=keyed)
     app.include_router(sessions.socket_router)  # checks the API key itself
     app.include_router(easy.router, dependencies=protected)
+    app.include_router(live_page.router)  # the page asks for the key itself
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -1,0 +1,699 @@
+"""Live sessions at scale: how many talk at once in real time, against a naive loop.
+
+    python -m benchmarks.live [--quick] [--triton-url HOST:PORT] [--lipsync-model NAME]
+                              [--seconds S] [--size PX] [--max-sessions N]
+                              [--server-url URL [--avatar-id ID] [--api-key KEY]]
+
+One run, one local Triton (started here unless --triton-url names one), one `dh serve`
+started here against it. For N sessions at once, each streams continuous speech (no pause
+over 0.2 s) in real time up its WebSocket as 16 kHz PCM and receives its frames over
+WebRTC with an aiortc client. For each N it prints the aggregate frames per second, the
+late-frame percentage and the latency from audio in to frame out (p50, p95); then the
+largest N with < 1 % late frames, the same for a naive per-session loop (a thread per
+session calling onnxruntime in this process, batch 1, composite and the WebRTC video
+encoder), and the ratio of the frames per second the sessions sustain to the limit
+1/(1/model + 1/codec): model is the lip-sync model alone at saturation on Triton, codec the
+live path's own per-frame work alone (composite and the WebRTC video encoder, no model),
+both measured in this run. The last line is one JSON object with every figure.
+
+Latency is read from the pictures: the default model (the reference model) darkens the
+mouth with the loudness of its audio window, so the delay at which the mouth seen follows
+the voice sent is the constant part, and each frame's arrival jitter the rest. A model
+whose mouth does not follow loudness (random weights) leaves the latency unmeasured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from benchmarks import model_rate
+from benchmarks.codec_rate import fixed_face
+from benchmarks.common import REPO, WAV2LIP_MODEL, triton_for_benchmark, wav2lip_onnx
+from orchestrator.pipeline.avatar_cache import Avatar
+from orchestrator.pipeline.composite import composite_frame
+from orchestrator.pipeline.infer import PIXEL_MAX, face_stack
+from orchestrator.pipeline.mel import mel_spectrogram, mel_window
+from orchestrator.pipeline.runner import Engine
+from orchestrator.settings import Settings
+from synthmedia.audio import SPEECH_RATE, continuous_speech
+from synthmedia.avatar import mouth_region, write_avatar_video
+
+AVATAR_FPS = 25
+AVATAR_SECONDS = 4.0
+DEFAULT_SIZE = 256
+# Speech streamed per session; quick: a smoke run.
+DEFAULT_SECONDS, QUICK_SECONDS = 12.0, 4.0
+# The WebSocket carries 20 ms of PCM per message, as a browser's audio worklet sends it.
+CHUNK_S = 0.02
+# Frames are counted from this long after the speech starts (the pipeline fills first) ...
+SETTLE_S = 1.0
+# ... and received for this long after it ends, so the last ones arrive.
+TAIL_S = 1.5
+# A frame is late when it arrives later than this after its schedule: the schedule is the
+# frame's timestamp anchored at the fastest deliveries (5th percentile), and this is the
+# jitter a browser's buffer absorbs without a visible stall.
+LATE_S = 0.1
+ANCHOR_PERCENTILE = 5
+# A frame timestamp gap over this many frame periods means frames never came: late too.
+GAP_PERIODS = 1.5
+# N passes while fewer than this fraction of its frames are late.
+LATE_LIMIT = 0.01
+DEFAULT_MAX_SESSIONS = 32
+# The delays searched for the one at which the mouth follows the voice.
+MAX_LAG_S, LAG_STEP_S = 3.0, 0.01
+# Below this correlation the mouth does not follow the voice: no latency from pictures.
+MIN_FOLLOW_CORRELATION = 0.3
+# WebRTC timestamps of video run on a 90 kHz clock.
+VIDEO_CLOCK = Fraction(1, 90000)
+START_DEADLINE_S, READY_DEADLINE_S, POLL_S = 60.0, 300.0, 0.1
+PR_SET_PDEATHSIG = 1
+EXIT_REFUSED = 2
+
+
+def _step(message: str) -> None:
+    print(f"[live] {message}", file=sys.stderr, flush=True)
+
+
+# --- pure parts: statistics, the search over N, the summary -------------------------
+
+
+def late_fraction(arrival_s: np.ndarray, due_s: np.ndarray, period_s: float) -> float:
+    """Fraction of frames late: arriving over LATE_S after their schedule (`due_s`, in any
+    clock, anchored here at the fastest deliveries), or missing (gaps in `due_s`)."""
+    arrival_s, due_s = np.asarray(arrival_s, float), np.asarray(due_s, float)
+    if arrival_s.size == 0:
+        return 1.0
+    offset = arrival_s - due_s
+    late = int((offset - np.percentile(offset, ANCHOR_PERCENTILE) > LATE_S).sum())
+    gaps = np.diff(np.sort(due_s)) / period_s
+    missing = int(np.clip(np.round(gaps[gaps > GAP_PERIODS]) - 1, 0, None).sum())
+    return (late + missing) / (arrival_s.size + missing)
+
+
+def follow_delay(
+    level_t: np.ndarray, level: np.ndarray, frame_t: np.ndarray, darkness: np.ndarray
+) -> tuple[float, float]:
+    """(delay s, correlation): the delay in [0, MAX_LAG_S] at which `darkness` (of the mouth
+    in frames that arrived at `frame_t`) best follows `level` (loudness of audio sent at
+    `level_t`)."""
+    level_t, level = np.asarray(level_t, float), np.asarray(level, float)
+    frame_t, darkness = np.asarray(frame_t, float), np.asarray(darkness, float)
+    best = (0.0, -1.0)
+    for lag in np.arange(0.0, MAX_LAG_S + LAG_STEP_S / 2, LAG_STEP_S):
+        inside = (frame_t - lag >= level_t[0]) & (frame_t - lag <= level_t[-1])
+        if inside.sum() < 3:
+            continue
+        voice = np.interp(frame_t[inside] - lag, level_t, level)
+        if voice.std() == 0 or darkness[inside].std() == 0:
+            continue
+        correlation = float(np.corrcoef(voice, darkness[inside])[0, 1])
+        if correlation > best[1]:
+            best = (float(lag), correlation)
+    return best
+
+
+def frame_latencies(delay_s: float, arrival_s: np.ndarray, due_s: np.ndarray) -> np.ndarray:
+    """Each frame's latency: the session's delay (the typical frame's) plus how much later
+    or sooner than typical the frame arrived against its own timestamp."""
+    offset = np.asarray(arrival_s, float) - np.asarray(due_s, float)
+    return delay_s + offset - float(np.median(offset))
+
+
+def percentile(values: list[float] | np.ndarray, q: float) -> float | None:
+    values = np.asarray(values, float)
+    return float(np.percentile(values, q)) if values.size else None
+
+
+@dataclass(frozen=True)
+class Round:
+    """N sessions at once: frames per second of all together, the late fraction, and
+    latency percentiles (None where unmeasured)."""
+
+    sessions: int
+    fps: float
+    late: float
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.late < LATE_LIMIT
+
+
+def next_count(rounds: dict[int, Round], ceiling: int) -> int | None:
+    """The next N to try: doubling from 1 while N passes, then halving the interval between
+    the largest passing and the smallest failing N; None when that interval is closed (or
+    the ceiling passes)."""
+    if not rounds:
+        return 1
+    passing = [n for n, r in rounds.items() if r.passed]
+    failing = [n for n, r in rounds.items() if not r.passed]
+    good = max(passing, default=0)
+    bad = min((n for n in failing if n > good), default=None)
+    if bad is None:
+        if good >= ceiling:
+            return None
+        return min(good * 2, ceiling)
+    if bad - good <= 1:
+        return None
+    return (good + bad) // 2
+
+
+def largest_passing(rounds: dict[int, Round]) -> int:
+    """The largest N with < 1 % late frames below which every N tried passed too (0: none)."""
+    largest = 0
+    for n in sorted(rounds):
+        if not rounds[n].passed:
+            break
+        largest = n
+    return largest
+
+
+def search(measure: Callable[[int], Round], ceiling: int) -> dict[int, Round]:
+    rounds: dict[int, Round] = {}
+    while (n := next_count(rounds, ceiling)) is not None:
+        rounds[n] = measure(n)
+    return rounds
+
+
+def limit_fps(model: float, codec: float) -> float:
+    """Model and codec sharing one machine's CPU: their rates combined as serial work."""
+    return 1.0 / (1.0 / model + 1.0 / codec)
+
+
+def summary(
+    live: dict[int, Round], naive: dict[int, Round], model_fps: float, codec_fps: float
+) -> dict[str, Any]:
+    """Every figure of the run; the issue's four first."""
+    best = largest_passing(live)
+    sustained = live[best] if best else None
+    limit = limit_fps(model_fps, codec_fps)
+    return {
+        "live_sessions_max": best,
+        "live_sessions_naive": largest_passing(naive),
+        "live_latency_p95_s": sustained.latency_p95_s if sustained else None,
+        "live_ratio_limit": sustained.fps / limit if sustained else 0.0,
+        "live_latency_p50_s": sustained.latency_p50_s if sustained else None,
+        "live_fps": sustained.fps if sustained else 0.0,
+        "limit_fps": limit,
+        "model_triton_fps": model_fps,
+        "codec_fps": codec_fps,
+        "rounds": [asdict(r) for r in live.values()],
+        "naive_rounds": [asdict(r) for r in naive.values()],
+    }
+
+
+def render_row(kind: str, r: Round) -> str:
+    def seconds(value: float | None) -> str:
+        return "   –  " if value is None else f"{value:6.3f}"
+
+    return (
+        f"{kind:6} N={r.sessions:3}  {r.fps:7.1f} fps  late {100 * r.late:5.1f} %  "
+        f"latency p50 {seconds(r.latency_p50_s)} s  p95 {seconds(r.latency_p95_s)} s"
+        f"  {'ok' if r.passed else 'LATE'}"
+    )
+
+
+# --- the live path: `dh serve` and aiortc clients ----------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def serve(settings: dict[str, str], log: Path) -> Iterator[str]:
+    """`dh serve` of this checkout on a free loopback port; yields its base URL. Stopped by
+    its own PID: SIGTERM, a bounded wait, then SIGKILL."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DH_")}
+    env.update({"DH_HOST": "127.0.0.1", "DH_PORT": str(port), **settings})
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "serve"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_DEADLINE_S
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"dh serve exited:\n{log.read_text()[-2000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/healthz", timeout=2.0).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"dh serve not up in {START_DEADLINE_S} s")
+            time.sleep(POLL_S)
+        yield base
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def register_avatar(base: str, video: Path, api_key: str = "") -> str:
+    """Uploads `video` as an avatar and waits until it is prepared; returns its id."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=base, headers=headers, timeout=60.0) as client:
+        reply = client.post("/v1/avatars", files={"video": (video.name, video.read_bytes())})
+        reply.raise_for_status()
+        avatar_id = str(reply.json()["id"])
+        deadline = time.monotonic() + READY_DEADLINE_S
+        while (state := client.get(f"/v1/avatars/{avatar_id}").json()["state"]) == "preparing":
+            if time.monotonic() > deadline:
+                raise SystemExit("the avatar was not prepared in time")
+            time.sleep(POLL_S)
+        if state != "ready":
+            raise SystemExit(f"the avatar could not be prepared: {state}")
+    return avatar_id
+
+
+@dataclass
+class SessionLog:
+    """What one session sent and saw, on this process's perf_counter clock."""
+
+    sent_t: list[float] = field(default_factory=list)
+    sent_level: list[float] = field(default_factory=list)
+    arrival: list[float] = field(default_factory=list)
+    due: list[float] = field(default_factory=list)  # frame timestamps, seconds
+    darkness: list[float] = field(default_factory=list)
+    audio_frames: int = 0
+
+
+async def _receive_video(track: Any, log: SessionLog, region: tuple[int, int, int, int]) -> None:
+    x, y, w, h = region
+    while True:
+        frame = await track.recv()
+        log.arrival.append(time.perf_counter())
+        log.due.append(float(frame.pts * frame.time_base) if frame.time_base else 0.0)
+        gray = frame.to_ndarray(format="gray")
+        log.darkness.append(-float(gray[y : y + h, x : x + w].mean()))
+
+
+async def _receive_audio(track: Any, log: SessionLog) -> None:
+    while True:
+        await track.recv()
+        log.audio_frames += 1
+
+
+async def one_session(
+    client: httpx.AsyncClient,
+    avatar_id: str,
+    pcm: np.ndarray,
+    start_at: float,
+    region: tuple[int, int, int, int],
+) -> SessionLog:
+    """One session: created, connected over WebRTC, fed `pcm` (int16) in real time from
+    `start_at` (perf_counter), watched until TAIL_S after, deleted."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription  # the live path's client
+    from websockets.asyncio.client import connect
+
+    created = await client.post("/v1/sessions", json={"avatar_id": avatar_id})
+    created.raise_for_status()
+    session_id = created.json()["id"]
+    log = SessionLog()
+    pc = RTCPeerConnection()
+    tracks: dict[str, Any] = {}
+    arrived = asyncio.Event()
+
+    @pc.on("track")
+    def on_track(track: Any) -> None:
+        tracks[track.kind] = track
+        if len(tracks) == 2:
+            arrived.set()
+
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    receivers: list[asyncio.Task[None]] = []
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await client.post(
+            f"/v1/sessions/{session_id}/webrtc",
+            json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type},
+        )
+        answer.raise_for_status()
+        await pc.setRemoteDescription(RTCSessionDescription(**answer.json()))
+        await asyncio.wait_for(arrived.wait(), START_DEADLINE_S)
+        receivers = [
+            asyncio.create_task(_receive_video(tracks["video"], log, region)),
+            asyncio.create_task(_receive_audio(tracks["audio"], log)),
+        ]
+        ws_url = str(client.base_url).replace("http", "ws", 1).rstrip("/")
+        headers = {k: v for k, v in client.headers.items() if k.lower() == "authorization"}
+        async with connect(
+            f"{ws_url}/v1/sessions/{session_id}/audio", additional_headers=headers
+        ) as socket_:
+            chunk = round(CHUNK_S * SPEECH_RATE)
+            for index, begin in enumerate(range(0, pcm.size, chunk)):
+                # Real time: each 20 ms block leaves when a microphone would have filled it.
+                await asyncio.sleep(max(0.0, start_at + index * CHUNK_S - time.perf_counter()))
+                block = pcm[begin : begin + chunk]
+                log.sent_t.append(time.perf_counter())
+                log.sent_level.append(float(np.sqrt(np.mean((block / 32768.0) ** 2))))
+                await socket_.send(block.astype("<i2").tobytes())
+            await asyncio.sleep(
+                max(0.0, start_at + pcm.size / SPEECH_RATE + TAIL_S - time.perf_counter())
+            )
+    finally:
+        for task in receivers:
+            task.cancel()
+        await asyncio.gather(*receivers, return_exceptions=True)
+        await pc.close()
+        with contextlib.suppress(httpx.HTTPError):
+            await client.delete(f"/v1/sessions/{session_id}")
+    return log
+
+
+def round_from_logs(n: int, logs: list[SessionLog], start: float, stop: float) -> Round:
+    """The figures of N sessions whose speech ran from `start` to `stop` (perf_counter):
+    frames that arrived from SETTLE_S after the start to the stop count. Each session owes
+    the avatar's fps over that window; frames it never got count as late."""
+    period = 1.0 / AVATAR_FPS
+    seconds = stop - start - SETTLE_S
+    owed = round(seconds * AVATAR_FPS)
+    frames, late_frames, counted = 0, 0.0, 0
+    latencies: list[float] = []
+    for log in logs:
+        arrival, due = np.array(log.arrival), np.array(log.due)
+        window = (arrival >= start + SETTLE_S) & (arrival <= stop)
+        count = int(window.sum())
+        frames += count
+        if count:
+            late_frames += late_fraction(arrival[window], due[window], period) * count
+        late_frames += max(0, owed - count)
+        counted += max(owed, count)
+        if count >= 3 and log.sent_t:
+            delay, correlation = follow_delay(
+                np.array(log.sent_t),
+                np.array(log.sent_level),
+                arrival[window],
+                np.array(log.darkness)[window],
+            )
+            if correlation >= MIN_FOLLOW_CORRELATION:
+                latencies.extend(frame_latencies(delay, arrival[window], due[window]))
+    return Round(
+        sessions=n,
+        fps=frames / seconds,
+        late=min(1.0, late_frames / counted) if counted else 1.0,
+        latency_p50_s=percentile(latencies, 50),
+        latency_p95_s=percentile(latencies, 95),
+    )
+
+
+async def live_round(
+    base: str,
+    api_key: str,
+    avatar_id: str,
+    pcm: np.ndarray,
+    n: int,
+    region: tuple[int, int, int, int],
+) -> Round:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60.0) as client:
+        # Every session connects first; the speech of all starts at the same moment.
+        start = time.perf_counter() + 3.0 + 0.2 * n
+        logs = await asyncio.gather(
+            *(one_session(client, avatar_id, pcm, start, region) for _ in range(n))
+        )
+    return round_from_logs(n, list(logs), start, start + pcm.size / SPEECH_RATE)
+
+
+# --- model alone, codec alone, and the naive loop -----------------------------------------
+
+
+def _video_frame(bgr: np.ndarray, index: int) -> Any:
+    import av
+
+    frame = av.VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format="yuv420p")
+    frame.pts, frame.time_base = index * 90000 // AVATAR_FPS, VIDEO_CLOCK
+    return frame
+
+
+def _encoder() -> Any:
+    from aiortc.codecs.vpx import Vp8Encoder  # what aiortc negotiates with browsers first
+
+    return Vp8Encoder()
+
+
+def _box(avatar: Avatar, index: int) -> tuple[int, int, int, int] | None:
+    row = avatar.boxes[index]
+    return None if row[0] < 0 else (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+
+def codec_fps(avatar: Avatar, face_size: int, frames: int, threads: int) -> float:
+    """Frames/s of the live path's own work without the model: an avatar frame, a generated
+    face composited in, the frame through the WebRTC video encoder; one encoder per thread
+    (per session), `threads` at once as sessions would run."""
+    face = fixed_face(face_size)
+
+    def work(count: int) -> None:
+        encoder = _encoder()
+        with avatar.open_frames() as store:
+            for index in range(count):
+                at = index % avatar.frame_count
+                frame = store.read(at)
+                box = _box(avatar, at)
+                if box is not None:
+                    frame = composite_frame(frame, box, face)
+                encoder.encode(_video_frame(frame, index))
+
+    each = max(1, frames // threads)
+    started = time.perf_counter()
+    workers = [threading.Thread(target=work, args=(each,)) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return each * threads / (time.perf_counter() - started)
+
+
+def naive_round(n: int, avatar: Avatar, onnx_file: Path, audio: np.ndarray) -> Round:
+    """N threads, each a session as the replaced service ran one: frame by frame, as soon as
+    its audio window has arrived (real time), onnxruntime in this process at batch 1, then
+    composite and the WebRTC video encoder."""
+    import onnxruntime as ort  # a dev dependency: the orchestrator never imports it
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    face_size = next(int(t.shape[-1]) for t in session.get_inputs() if t.name == "face")
+    mel = mel_spectrogram(audio)
+    frames = int(audio.size / SPEECH_RATE * AVATAR_FPS)
+    # The mel window of frame k reaches 0.2 s past its start: it can begin only then.
+    lookahead = 0.2
+    start = time.perf_counter() + 0.5
+    done: list[list[float]] = [[] for _ in range(n)]
+
+    def one(slot: int) -> None:
+        encoder = _encoder()
+        with avatar.open_frames() as store:
+            for index in range(frames):
+                wait = start + index / AVATAR_FPS + lookahead - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)  # real time: the audio is not there yet
+                at = index % avatar.frame_count
+                frame = store.read(at)
+                box = _box(avatar, at)
+                if box is not None:
+                    feed = {
+                        "mel": mel_window(mel, index, AVATAR_FPS)[None, None].astype(np.float32),
+                        "face": face_stack(frame, box, face_size)[None],
+                    }
+                    (pred,) = session.run(["pred"], feed)
+                    face = np.clip(pred[0] * PIXEL_MAX + 0.5, 0, PIXEL_MAX).astype(np.uint8)
+                    frame = composite_frame(frame, box, face.transpose(1, 2, 0))
+                encoder.encode(_video_frame(frame, index))
+                done[slot].append(time.perf_counter())
+
+    workers = [threading.Thread(target=one, args=(slot,)) for slot in range(n)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    period = 1.0 / AVATAR_FPS
+    due = np.arange(frames) * period + start + lookahead
+    late = [late_fraction(np.array(times), due[: len(times)], period) for times in done]
+    latencies = np.concatenate([np.array(times) - due[: len(times)] for times in done])
+    finished = max(max(times) for times in done)
+    return Round(
+        sessions=n,
+        fps=n * frames / (finished - start - lookahead),
+        late=float(np.mean(late)),
+        latency_p50_s=percentile(latencies, 50),
+        latency_p95_s=percentile(latencies, 95),
+    )
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    seconds: float
+    size: int
+    lipsync_model: str
+    max_sessions: int
+    model_frames: int
+    # A running service to measure instead of a `dh serve` started here, and its avatar
+    # (the astronaut avatar of --size, prepared there) and key.
+    server_url: str | None = None
+    avatar_id: str | None = None
+    api_key: str = ""
+
+
+def _onnx_file(model: str) -> Path:
+    if model == WAV2LIP_MODEL:
+        return wav2lip_onnx()
+    return REPO / "model_repository" / model / "1" / "model.onnx"
+
+
+def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dh-live-") as scratch:
+        work = Path(scratch)
+        video = work / "avatar.mp4"
+        size = (plan.size, plan.size)
+        write_avatar_video(video, seconds=AVATAR_SECONDS, fps=AVATAR_FPS, size=size)
+        speech = continuous_speech(plan.seconds)
+        pcm = np.round(np.clip(speech, -1, 1) * 32767).astype(np.int16)
+        with triton_for_benchmark(work, triton_url, wav2lip=True) as (grpc_url, _):
+            settings = Settings(
+                triton_url=grpc_url, lipsync_model=plan.lipsync_model, data_dir=work / "data"
+            )
+            _step("model alone at saturation, codec alone, avatar prepared in process")
+            model_fps, codec, avatar = asyncio.run(_alone(settings, video, plan))
+            env = {
+                "DH_TRITON_URL": grpc_url,
+                "DH_LIPSYNC_MODEL": plan.lipsync_model,
+                "DH_DATA_DIR": str(work / "server-data"),
+            }
+            with contextlib.ExitStack() as stack:
+                base = plan.server_url or stack.enter_context(serve(env, work / "serve.log"))
+                headers = {"Authorization": f"Bearer {plan.api_key}"} if plan.api_key else {}
+                with httpx.Client(base_url=base, headers=headers, timeout=10.0) as probe:
+                    if "/v1/sessions" not in probe.get("/openapi.json").json()["paths"]:
+                        print(
+                            f"benchmarks.live: refused: {base} has no /v1/sessions",
+                            file=sys.stderr,
+                        )
+                        return EXIT_REFUSED
+                avatar_id = plan.avatar_id or register_avatar(base, video, plan.api_key)
+                region = mouth_region(size)
+
+                def live(n: int) -> Round:
+                    _step(f"{n} live session(s)")
+                    result = asyncio.run(live_round(base, plan.api_key, avatar_id, pcm, n, region))
+                    out(render_row("live", result))
+                    return result
+
+                live_rounds = search(live, plan.max_sessions)
+
+            onnx_file = _onnx_file(plan.lipsync_model)
+
+            def naive(n: int) -> Round:
+                _step(f"{n} naive session thread(s)")
+                result = naive_round(n, avatar, onnx_file, speech)
+                out(render_row("naive", result))
+                return result
+
+            naive_rounds = search(naive, plan.max_sessions)
+    figures = summary(live_rounds, naive_rounds, model_fps, codec)
+    figures["bench_seconds"] = time.perf_counter() - started
+    figures["lipsync_model"] = plan.lipsync_model
+    out(
+        f"largest N with < {100 * LATE_LIMIT:g} % late frames: "
+        f"live {figures['live_sessions_max']}, "
+        f"naive {figures['live_sessions_naive']}; sustained {figures['live_fps']:.1f} fps = "
+        f"{figures['live_ratio_limit']:.2f} of the limit {figures['limit_fps']:.1f} fps "
+        f"(model {model_fps:.1f}, codec {codec:.1f})"
+    )
+    out(json.dumps(figures))
+    return 0
+
+
+async def _alone(settings: Settings, video: Path, plan: Plan) -> tuple[float, float, Avatar]:
+    async with Engine(settings) as engine:
+        served = engine.served
+        batch = min(settings.lipsync_batch_size, served.lipsync.max_batch_size)
+        model_fps = await model_rate.triton_saturated_fps(
+            engine.client,
+            served.lipsync.name,
+            served.face_size,
+            batch,
+            settings.triton_max_in_flight,
+            plan.model_frames,
+        )
+        avatar = await engine.prepare_avatar(video)
+        codec = await asyncio.to_thread(
+            codec_fps, avatar, served.face_size, plan.model_frames, os.cpu_count() or 1
+        )
+    return model_fps, codec, avatar
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks.live", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short speech: a smoke run")
+    parser.add_argument("--triton-url", help="measure against this Triton instead of one here")
+    parser.add_argument(
+        "--lipsync-model",
+        default="lipsync",
+        help="the lip-sync model (default: the reference model, whose mouth follows "
+        f"loudness, so latency is measured; {WAV2LIP_MODEL}: Wav2Lip-96's compute)",
+    )
+    parser.add_argument("--seconds", type=float, help="speech streamed per session")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="avatar side in pixels")
+    parser.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS)
+    parser.add_argument(
+        "--server-url", help="measure this running service instead of a dh serve started here"
+    )
+    parser.add_argument("--avatar-id", help="its prepared avatar (default: upload ours)")
+    parser.add_argument("--api-key", default="", help="its API key, if it asks for one")
+    args = parser.parse_args(argv)
+    plan = Plan(
+        seconds=args.seconds or (QUICK_SECONDS if args.quick else DEFAULT_SECONDS),
+        size=args.size,
+        lipsync_model=args.lipsync_model,
+        max_sessions=args.max_sessions,
+        model_frames=64 if args.quick else 320,
+        server_url=args.server_url,
+        avatar_id=args.avatar_id,
+        api_key=args.api_key,
+    )
+    return run(plan, args.triton_url, lambda line: print(line, flush=True))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""The pure parts of benchmarks.live: late frames, the delay the mouth follows the voice
+at, the search over N, and the summary's JSON line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import live
+from benchmarks.live import (
+    LATE_S,
+    Round,
+    SessionLog,
+    follow_delay,
+    frame_latencies,
+    largest_passing,
+    late_fraction,
+    next_count,
+    round_from_logs,
+    search,
+    summary,
+)
+from synthmedia.audio import continuous_speech
+from synthmedia.avatar import mouth_region
+from tests.live.stub_server import AVATAR_ID as STUB_AVATAR
+from tests.live.stub_server import SIZE, running_stub
+
+PERIOD = 1 / 25
+
+
+def _schedule(frames: int) -> np.ndarray:
+    return np.arange(frames) * PERIOD
+
+
+def test_frames_on_their_schedule_are_not_late() -> None:
+    due = _schedule(100)
+    assert late_fraction(due + 0.35, due, PERIOD) == 0.0  # a constant delay is not lateness
+
+
+def test_a_frame_past_the_jitter_allowance_is_late_and_a_missing_one_too() -> None:
+    due = _schedule(100)
+    arrival = due + 0.2
+    arrival[10] += LATE_S + 0.01
+    assert late_fraction(arrival, due, PERIOD) == pytest.approx(1 / 100)
+    kept = np.delete(np.arange(100), [50, 51])  # two frames never came
+    assert late_fraction(arrival[kept], due[kept], PERIOD) == pytest.approx(3 / 100)
+
+
+def test_no_frame_at_all_is_all_late() -> None:
+    assert late_fraction(np.array([]), np.array([]), PERIOD) == 1.0
+
+
+def _voice_and_mouth(delay: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    level_t = np.arange(0, 8, 0.02)
+    level = np.abs(np.sin(level_t * 2 * np.pi * 2)) * (0.5 + 0.5 * rng.uniform(size=level_t.size))
+    frame_t = np.arange(0.5, 8, PERIOD)
+    darkness = np.interp(frame_t - delay, level_t, level) + rng.normal(0, 0.01, frame_t.size)
+    return level_t, level, frame_t, darkness
+
+
+def test_the_delay_at_which_the_mouth_follows_the_voice_is_found() -> None:
+    delay, correlation = follow_delay(*_voice_and_mouth(0.42))
+    assert delay == pytest.approx(0.42, abs=0.02)
+    assert correlation > 0.9
+
+
+def test_each_frame_latency_is_the_delay_plus_its_own_jitter() -> None:
+    due = _schedule(5)
+    arrival = due + 1.0 + np.array([0.0, 0.0, 0.05, 0.0, -0.01])
+    latencies = frame_latencies(0.3, arrival, due)
+    assert np.median(latencies) == pytest.approx(0.3)
+    assert latencies[2] == pytest.approx(0.35)
+
+
+def _passing_up_to(limit: int) -> tuple[list[int], dict[int, Round]]:
+    tried: list[int] = []
+
+    def measure(n: int) -> Round:
+        tried.append(n)
+        return Round(sessions=n, fps=25.0 * n, late=0.0 if n <= limit else 0.05)
+
+    return tried, search(measure, ceiling=32)
+
+
+def test_the_search_doubles_then_halves_to_the_largest_passing_count() -> None:
+    tried, rounds = _passing_up_to(5)
+    assert tried == [1, 2, 4, 8, 6, 5]
+    assert largest_passing(rounds) == 5
+
+
+def test_the_search_stops_at_the_ceiling_and_at_nothing_passing() -> None:
+    tried, rounds = _passing_up_to(100)
+    assert tried == [1, 2, 4, 8, 16, 32]
+    assert largest_passing(rounds) == 32
+    tried, rounds = _passing_up_to(0)
+    assert tried == [1]
+    assert largest_passing(rounds) == 0
+
+
+def test_a_count_counts_only_when_every_smaller_one_tried_passed() -> None:
+    rounds = {n: Round(n, 25.0 * n, 0.0) for n in (1, 4)} | {2: Round(2, 50.0, 0.5)}
+    assert largest_passing(rounds) == 1
+    assert next_count({}, 8) == 1
+
+
+def test_the_summary_is_one_json_line_with_the_issues_figures() -> None:
+    rounds = {1: Round(1, 25.0, 0.0, 0.2, 0.3), 2: Round(2, 50.0, 0.0, 0.25, 0.4)}
+    rounds[4] = Round(4, 70.0, 0.2, 0.9, 2.0)
+    naive = {1: Round(1, 25.0, 0.0), 2: Round(2, 30.0, 0.3)}
+    figures = summary(rounds, naive, model_fps=200.0, codec_fps=100.0)
+    line = json.dumps(figures)
+    assert "\n" not in line
+    parsed = json.loads(line)
+    assert parsed["live_sessions_max"] == 2
+    assert parsed["live_sessions_naive"] == 1
+    assert parsed["live_latency_p95_s"] == 0.4
+    limit = 1 / (1 / 200 + 1 / 100)
+    assert parsed["live_ratio_limit"] == pytest.approx(50.0 / limit)
+
+
+def test_a_round_from_session_logs() -> None:
+    start, stop = 100.0, 108.0
+    level_t, level, frame_t, darkness = _voice_and_mouth(0.3)
+    log = SessionLog(
+        sent_t=list(level_t + start),
+        sent_level=list(level),
+        arrival=list(frame_t + start),
+        due=list(frame_t - 0.3),
+        darkness=list(darkness),
+        audio_frames=100,
+    )
+    result = round_from_logs(2, [log, log], start, stop)
+    assert result.fps == pytest.approx(2 * 25, rel=0.05)
+    assert result.late == 0.0
+    assert result.latency_p50_s == pytest.approx(0.3, abs=0.02)
+    # A session that saw nothing makes the round fail.
+    assert not round_from_logs(2, [log, SessionLog()], start, stop).passed
+    assert live.LATE_LIMIT == 0.01
+
+
+def test_sessions_against_a_stub_of_the_contract() -> None:
+    """The benchmark's client (WebSocket up, WebRTC down, aiortc) against
+    tests/live/stub_server.py, whose mouth darkens with the loudness it hears."""
+    pcm = np.round(continuous_speech(3.0) * 32767).astype(np.int16)
+    with running_stub() as base:
+        result = asyncio.run(live.live_round(base, "", STUB_AVATAR, pcm, 2, mouth_region(SIZE)))
+    assert result.fps == pytest.approx(2 * 25, rel=0.2)
+    assert result.latency_p50_s is not None
+    assert 0 <= result.latency_p50_s < 1.0
