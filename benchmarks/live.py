@@ -136,7 +136,8 @@ def frame_latencies(delay_s: float, arrival_s: np.ndarray, due_s: np.ndarray) ->
     """Each frame's latency: the session's delay (the typical frame's) plus how much later
     or sooner than typical the frame arrived against its own timestamp."""
     offset = np.asarray(arrival_s, float) - np.asarray(due_s, float)
-    return delay_s + offset - float(np.median(offset))
+    latencies: np.ndarray = delay_s + offset - float(np.median(offset))
+    return latencies
 
 
 def percentile(values: list[float] | np.ndarray, q: float) -> float | None:

@@ -8,9 +8,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import av
 import httpx
 import numpy as np
 import pytest
+from aiortc.mediastreams import MediaStreamTrack
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -64,7 +66,21 @@ def _socket_url(live: ApiServer, session_id: str) -> str:
 
 
 def _pcm(samples: np.ndarray) -> bytes:
-    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    pcm: bytes = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    return pcm
+
+
+async def _video_frame(track: MediaStreamTrack) -> av.VideoFrame:
+    # aiortc types recv() as any Frame or Packet; a received video track yields decoded frames.
+    frame = await track.recv()
+    assert isinstance(frame, av.VideoFrame), type(frame)
+    return frame
+
+
+async def _audio_frame(track: MediaStreamTrack) -> av.AudioFrame:
+    frame = await track.recv()
+    assert isinstance(frame, av.AudioFrame), type(frame)
+    return frame
 
 
 def _mouth(avatar_cache: Path) -> tuple[slice, slice]:
@@ -118,8 +134,8 @@ async def test_video_comes_at_the_avatars_rate_with_an_audio_track_and_speech_mo
 ) -> None:
     mouth = _mouth(avatar_cache)
     async with webrtc_peer(http, session_id) as peer:
-        silent = [await peer.video.recv() for _ in range(25)]
-        audio = await peer.audio.recv()
+        silent = [await _video_frame(peer.video) for _ in range(25)]
+        audio = await _audio_frame(peer.audio)
         state = (await http.get(f"/v1/sessions/{session_id}")).json()
         async with connect(
             _socket_url(live, session_id), additional_headers={"Authorization": f"Bearer {API_KEY}"}
@@ -127,7 +143,9 @@ async def test_video_comes_at_the_avatars_rate_with_an_audio_track_and_speech_mo
             speech = voiced_speech(1.0) * 1.5
             for first in range(0, speech.size, PCM_CHUNK):
                 await socket.send(_pcm(speech[first : first + PCM_CHUNK]))
-            spoken = [await peer.video.recv() for _ in range(int((LATENCY_S + 1.5) * AVATAR_FPS))]
+            spoken = [
+                await _video_frame(peer.video) for _ in range(int((LATENCY_S + 1.5) * AVATAR_FPS))
+            ]
 
     steps = np.diff([frame.pts for frame in silent])
     # Frames carry the session clock at the avatar's rate (a loaded server may skip one).
@@ -150,7 +168,9 @@ async def test_the_peers_microphone_is_heard_as_speech(
     # 0.6 s of quiet, then a second of loud speech, at the browser's 48 kHz.
     speech = np.concatenate([np.zeros(28800), np.repeat(voiced_speech(1.0) * 1.5, 3)])
     async with webrtc_peer(http, session_id, Microphone(speech)) as peer:
-        frames = [await peer.video.recv() for _ in range(int((LATENCY_S + 2.5) * AVATAR_FPS))]
+        frames = [
+            await _video_frame(peer.video) for _ in range(int((LATENCY_S + 2.5) * AVATAR_FPS))
+        ]
 
     darkness = [float(f.to_ndarray(format="bgr24")[mouth].mean()) for f in frames]
     assert min(darkness) < max(darkness[:10]) - 6, darkness

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from orchestrator.api.app import create_app
-from orchestrator.roles import API, WORKER
+from orchestrator.roles import API, WORKER, Role
 from orchestrator.settings import Settings
 
 # Every local file a page or script names: src/href attributes, worklet modules.
@@ -20,7 +20,7 @@ LOADED = re.compile(r"""(?:src|href)="(/[^"]*)"|addModule\("(/[^"]*)"\)""")
 EXTERNAL = re.compile(r"""(?:https?|wss?)://|["'(`]//""")
 
 
-async def _client(tmp_path: Path, roles: tuple = API) -> httpx.AsyncClient:
+async def _client(tmp_path: Path, roles: tuple[type[Role], ...] = API) -> httpx.AsyncClient:
     # The routes under test read no service state, so the lifespan need not run.
     app = create_app(Settings(data_dir=tmp_path), roles)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")

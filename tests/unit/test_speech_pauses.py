@@ -12,7 +12,8 @@ BLOCK = SPEECH_RATE // 100  # 10 ms
 
 def _block_rms(samples: np.ndarray) -> np.ndarray:
     blocks = samples[: samples.size // BLOCK * BLOCK].reshape(-1, BLOCK)
-    return np.sqrt((blocks.astype(np.float64) ** 2).mean(axis=1))
+    rms: np.ndarray = np.sqrt((blocks.astype(np.float64) ** 2).mean(axis=1))
+    return rms
 
 
 def _longest_quiet_s(samples: np.ndarray, floor: float) -> float:
