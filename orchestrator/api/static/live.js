@@ -69,7 +69,11 @@ async function api(method, path, body) {
     init.headers["Content-Type"] = "application/json";
   }
   const response = await fetch(path, init);
-  if (!response.ok) throw await failure(response);
+  if (!response.ok) {
+    const error = await failure(response);
+    error.status = response.status;
+    throw error;
+  }
   return response.status === 204 ? null : response.json();
 }
 
@@ -97,6 +101,12 @@ async function loadAvatars() {
     }
     setStatus(live.session ? $("status").textContent : "not connected");
   } catch (error) {
+    if (error.status === 401 && !apiKey()) {
+      // Not a fault: a protected server, and no key given yet. Ask for it.
+      select.replaceChildren(new Option("enter the API key above", ""));
+      setStatus("this server needs an API key");
+      return;
+    }
     select.replaceChildren(new Option("could not list avatars", ""));
     setStatus(`avatars: ${error.message}`, true);
   }
