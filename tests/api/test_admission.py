@@ -30,6 +30,11 @@ def test_a_full_backlog_answers_429_with_retry_after_and_a_queued_job_can_be_can
         assert refused.status_code == 429
         assert int(refused.headers["retry-after"]) >= 1
         assert "backlog is full" in refused.json()["error"]["message"]
+        # A refused job leaves no upload behind: only the two admitted jobs have files.
+        service = one_slot.data_dir / "service"
+        kept = sorted(folder.name for folder in (service / "jobs").iterdir())
+        assert kept == sorted([running, queued.json()["id"]])
+        assert list((service / "staging").iterdir()) == []
         assert client.get(f"/v1/jobs/{queued.json()['id']}").json()["state"] == "queued"
 
         cancelled = client.delete(f"/v1/jobs/{queued.json()['id']}")
