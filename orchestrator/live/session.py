@@ -37,7 +37,7 @@ from orchestrator.live.speech import KEEP_BEHIND_S, Timeline
 from orchestrator.pipeline.avatar_cache import Avatar
 from orchestrator.pipeline.composite import CompositeMode, composite_frame
 from orchestrator.pipeline.drive import output_fps
-from orchestrator.pipeline.infer import _to_pixels, face_crop, face_stack
+from orchestrator.pipeline.infer import face_crop, face_stack, pred_to_crops
 from orchestrator.pipeline.mel import SAMPLE_RATE
 from orchestrator.triton import TritonClient
 
@@ -381,4 +381,4 @@ def _composite(
     given: np.ndarray,
     mode: CompositeMode,
 ) -> np.ndarray:
-    return composite_frame(frame, box, _to_pixels(pred)[0], given, mode)
+    return composite_frame(frame, box, pred_to_crops(pred)[0], given, mode)

@@ -80,7 +80,7 @@ def batch_sizes(batch_size: int) -> Iterator[int]:
         size = min(size * 2, batch_size)
 
 
-def _to_pixels(pred: np.ndarray) -> np.ndarray:
+def pred_to_crops(pred: np.ndarray) -> np.ndarray:
     """[B, 3, S, S] in [0, 1] to B BGR uint8 crops."""
     return np.clip(pred * PIXEL_MAX + 0.5, 0, PIXEL_MAX).astype(np.uint8).transpose(0, 2, 3, 1)
 
@@ -139,7 +139,7 @@ async def _infer_batch(
     pred = result["pred"]
     if restorer is not None:
         pred = await _restore(pred, client, restorer, pool, clock)
-    generated = iter(zip(await clock.run(STAGE, pool, _to_pixels, pred), given, strict=True))
+    generated = iter(zip(await clock.run(STAGE, pool, pred_to_crops, pred), given, strict=True))
     return [
         GeneratedFrame(item, *next(generated))
         if item.box is not None

@@ -14,7 +14,7 @@ from orchestrator.pipeline.composite import (
     feather_mask,
     lower_face_mask,
 )
-from orchestrator.pipeline.infer import _to_pixels, face_crop, face_stack
+from orchestrator.pipeline.infer import face_crop, face_stack, pred_to_crops
 
 # The astronaut's face in skimage.data.astronaut() (512 x 512), padded below the chin the
 # way the avatar stage pads S3FD's box.
@@ -31,7 +31,7 @@ def _generated(frame: np.ndarray, box: tuple[int, int, int, int], energy: float)
     """What the talking reference model returns for this crop at this loudness."""
     face = face_stack(frame, box, FACE_SIZE)[None]
     mel = np.full((1, 1, 80, 16), reference.MEL_FLOOR + energy * reference.MEL_SPAN, np.float32)
-    pixels: np.ndarray = _to_pixels(talking.expected_prediction(mel, face))[0]
+    pixels: np.ndarray = pred_to_crops(talking.expected_prediction(mel, face))[0]
     return pixels
 
 
