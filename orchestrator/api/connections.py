@@ -8,7 +8,9 @@ included. Two rules replace it:
 - `bounded_protocol`: uvicorn's h11 protocol with a deadline for the request head
   (from the connection's start, and again after each answer on a kept-alive connection)
   and a bound on the head's size, answered `431` as RFC 6585 says, instead of h11's
-  buffer rule, which only looks at a head that arrived incomplete.
+  buffer rule, which only looks at a head that arrived incomplete. The rest of a body
+  left unread by an early answer (a refusal) is read as that body, not as the next head;
+  the connection is closed if it falls silent for the head deadline meanwhile.
 - `InFlightLimit`: the concurrency bound counts requests being answered, not connections,
   so silent connections cost a file descriptor each until their deadline, and nothing more.
 """
@@ -48,6 +50,9 @@ class _BoundedHead(H11Protocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head = bytearray()  # what arrived of the awaited head (at most the bound)
         self._awaiting_head = False
+        # An answer went out before its request's body was read (a refusal): the rest of
+        # that body is still to come, and is not the next head.
+        self._draining_body = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -69,20 +74,41 @@ class _BoundedHead(H11Protocol):
             if self.cycle is not cycle or self.transport.get_protocol() is not self:
                 self._head_arrived()
             return
+        cycle = self.cycle
         super().data_received(data)
+        if self._draining_body and not self.transport.is_closing():
+            if self.cycle is not cycle:  # the body ended and the next request began
+                self._draining_body = False
+                self._stop_head_timer()
+            elif self._between_requests():
+                self._draining_body = False
+                self._await_head()
+            else:  # still draining: closed only if the client falls silent
+                self._restart_head_timer()
 
     def on_response_complete(self) -> None:
         cycle = self.cycle
         super().on_response_complete()
-        # Kept alive and no pipelined request started: the next head has a deadline too.
-        if self.cycle is cycle and not self.transport.is_closing():
+        if self.cycle is not cycle or self.transport.is_closing():
+            return
+        if self._between_requests():
+            # Kept alive and no pipelined request started: the next head has a deadline.
             self._await_head()
+        else:
+            self._draining_body = True
+            self._restart_head_timer()
+
+    def _between_requests(self) -> bool:
+        return self.conn.our_state is h11.IDLE and self.conn.their_state is h11.IDLE
+
+    def _restart_head_timer(self) -> None:
+        self._stop_head_timer()
+        self._head_timer = self.loop.call_later(self.HEAD_TIMEOUT_S, self._head_timed_out)
 
     def _await_head(self) -> None:
-        self._stop_head_timer()
         self._head.clear()
         self._awaiting_head = True
-        self._head_timer = self.loop.call_later(self.HEAD_TIMEOUT_S, self._head_timed_out)
+        self._restart_head_timer()
 
     def _head_arrived(self) -> None:
         self._stop_head_timer()
@@ -105,7 +131,7 @@ class _BoundedHead(H11Protocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self._awaiting_head and not self.transport.is_closing():
+        if (self._awaiting_head or self._draining_body) and not self.transport.is_closing():
             # Nothing was asked, so nothing is answered: the connection is closed.
             self.transport.close()
 

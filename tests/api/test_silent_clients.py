@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from orchestrator.cli import MAX_HEADER_BYTES
-from tests.api.conftest import ServerFactory
+from tests.api.conftest import API_KEY, ServerFactory
 from tests.api.server import ApiServer
 
 HEADER_TIMEOUT_S = 2.0
@@ -143,3 +143,58 @@ def test_a_kept_alive_connection_still_answers_its_next_request(server: ApiServe
     with httpx.Client(base_url=server.base_url, timeout=ANSWER_S) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_body_left_unread_by_a_refusal_is_not_taken_for_the_next_head(
+    server: ApiServer,
+) -> None:
+    # An upload that is not a multipart form is refused before its body is read (as a full
+    # disk refuses one); the rest of the body, bigger than the head bound, arrives after
+    # that answer, then the next request on the same connection.
+    body = b"d" * (4 * MAX_HEADER_BYTES)
+    head = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Length: {len(body)}\r\nContent-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    with _connect(server) as sock:
+        sock.sendall(head + body[:1024])
+        first = _read_answer(sock)
+        sock.sendall(body[1024:])
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        second = _read_answer(sock)
+    assert _status(first) == 422, first
+    assert _status(second) == 200, second
+
+
+def test_a_refused_body_that_stops_arriving_is_closed_at_the_head_deadline(
+    server: ApiServer,
+) -> None:
+    head = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Length: 100000\r\nContent-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    with _connect(server) as sock:
+        sock.sendall(head + b"e" * 1024)
+        assert _status(_read_answer(sock)) == 422
+        waited = _closed_after(sock)
+    assert waited <= HEADER_TIMEOUT_S + SLACK_S
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """One answer with a Content-Length, read from a kept-alive socket."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        rest += chunk
+    return head + b"\r\n\r\n" + rest
