@@ -4,10 +4,11 @@ the benchmark's client are tested before (and apart from) the real one:
     python -m tests.live.stub_server PORT
 
 Routes as the contract names them: /v1/avatars (one ready avatar), /v1/sessions (create,
-list, get, delete), /v1/sessions/{id}/audio (WebSocket, 16-bit LE PCM mono 16 kHz),
-/speech, /interrupt, /webrtc (offer in, answer out: one video track at 25 fps, one audio
-track). Its "model" darkens a square over the mouth by the loudness last heard, so a test
-sees the mouth follow the voice; and it serves /live from the real routes module.
+list, get, delete), /v1/sessions/{id}/audio (WebSocket, 16-bit LE PCM mono 16 kHz; the
+peer's audio track is heard the same way), /speech, /interrupt, /webrtc (offer in,
+answer out: one video track at 25 fps, one audio track). Its "model" darkens a square
+over the mouth by the loudness last heard, so a test sees the mouth follow the voice; and
+it serves /live from the real routes module.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import httpx
 import numpy as np
 import uvicorn
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
-from aiortc.mediastreams import AudioStreamTrack
-from av import VideoFrame
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
+from av import AudioFrame, VideoFrame
 from fastapi import FastAPI, HTTPException, Request, Response, WebSocket, WebSocketDisconnect
 
 from orchestrator.api.routes import live_page
@@ -51,6 +52,10 @@ class Session:
         self.level = 0.0
         self.chunks = 0
         self.pc: RTCPeerConnection | None = None
+
+    def heard(self, samples: np.ndarray) -> None:
+        self.level = float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
+        self.chunks += 1
 
     def document(self) -> dict[str, Any]:
         base = f"/v1/sessions/{self.id}"
@@ -156,6 +161,7 @@ def create_app() -> FastAPI:
         session = find(session_id)
         pc = RTCPeerConnection()
         session.pc = pc
+        pc.on("track", lambda track: _hear(session, track))
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type=offer["type"]))
         pc.addTrack(MouthTrack(session))
         pc.addTrack(AudioStreamTrack())
@@ -176,13 +182,34 @@ def create_app() -> FastAPI:
                     return
                 data = message.get("bytes")
                 if data:
-                    pcm = np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
-                    session.level = float(np.sqrt(np.mean(pcm**2)))
-                    session.chunks += 1
+                    session.heard(np.frombuffer(data, "<i2").astype(np.float32) / 32768.0)
         except WebSocketDisconnect:
             return
 
     return app
+
+
+_listeners: set[asyncio.Task[None]] = set()
+
+
+def _hear(session: Session, track: MediaStreamTrack) -> None:
+    """The browser's microphone, as the peer's audio track."""
+    if track.kind != "audio":
+        return
+
+    async def listen() -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            assert isinstance(frame, AudioFrame)
+            samples = frame.to_ndarray().astype(np.float32).reshape(-1) / 32768.0
+            session.heard(samples)
+
+    task = asyncio.create_task(listen())
+    _listeners.add(task)
+    task.add_done_callback(_listeners.discard)
 
 
 @contextlib.contextmanager

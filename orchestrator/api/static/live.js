@@ -1,10 +1,10 @@
 // The live page: one session at a time. The session is created over REST, its video and
-// audio come back over WebRTC, and the microphone goes up the session's WebSocket as raw
-// 16-bit little-endian PCM, mono, 16 kHz (the rate the lip-sync model hears). No library,
+// audio come back over WebRTC, and the microphone goes up as the peer's audio track (the
+// server hears it as speech; a second copy over the WebSocket would be queued twice). The
+// page measures the microphone's loudness itself, for the meter and for tests. No library,
 // no build step: the page runs as served.
 "use strict";
 
-const SPEECH_RATE = 16000;
 // How often the statistics refresh: the browser's own getStats() and the server's view.
 const STATS_EVERY_MS = 1000;
 const SERVER_VIEW_EVERY_MS = 2000;
@@ -21,11 +21,10 @@ const $ = (id) => document.getElementById(id);
 const live = {
   session: null, // the server's document of the session
   pc: null,
-  socket: null,
   microphone: null, // {stream, context, node}
   stats: {}, // the last figures shown in the table
-  micLevels: [], // [{t: performance.now() in ms, rms}] of each block sent
-  micBlocksSent: 0,
+  micLevels: [], // [{t: performance.now() in ms, rms}] of each 20 ms block heard
+  micBlocksHeard: 0,
   errors: [],
 };
 window.live = live;
@@ -139,59 +138,27 @@ async function openMicrophone() {
   }
 }
 
-// The microphone's samples at 16 kHz (the browser resamples into an AudioContext of that
-// rate) go to the session's WebSocket as 16-bit little-endian PCM.
-async function streamMicrophone(stream) {
-  const context = new AudioContext({ sampleRate: SPEECH_RATE });
+// The microphone's loudness, 20 ms at a time, while it streams over the peer connection.
+async function meterMicrophone(stream) {
+  const context = new AudioContext();
   await context.audioWorklet.addModule("/live/pcm-worklet.js");
   const source = context.createMediaStreamSource(stream);
   const node = new AudioWorkletNode(context, "pcm-tap");
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  // A browser cannot set headers on a WebSocket: the key travels in the query.
-  const key = apiKey();
-  const query = key ? `?api_key=${encodeURIComponent(key)}` : "";
-  const socket = new WebSocket(`${scheme}//${location.host}${sessionPath("/audio")}${query}`);
-  socket.binaryType = "arraybuffer";
-  await new Promise((resolve, reject) => {
-    socket.addEventListener("open", resolve, { once: true });
-    socket.addEventListener("error", () => reject(new Error("the audio socket did not open")), {
-      once: true,
-    });
-  });
-  socket.addEventListener("close", (event) => {
-    if (live.socket === socket && event.code !== 1000) {
-      setStatus(`audio socket closed (${event.code} ${event.reason || ""})`, true);
-    }
-  });
-  if (context.sampleRate !== SPEECH_RATE) {
-    // The contract's optional first text message: the rate of the samples that follow.
-    socket.send(JSON.stringify({ sample_rate: context.sampleRate }));
-  }
   node.port.onmessage = (event) => {
     const block = event.data;
     let power = 0;
-    const pcm = new Int16Array(block.length);
-    for (let i = 0; i < block.length; i++) {
-      const sample = Math.max(-1, Math.min(1, block[i]));
-      power += sample * sample;
-      pcm[i] = sample < 0 ? sample * 0x8000 : sample * 0x7fff;
-    }
+    for (let i = 0; i < block.length; i++) power += block[i] * block[i];
     const rms = Math.sqrt(power / block.length);
     live.micLevels.push({ t: performance.now(), rms });
     if (live.micLevels.length > LEVELS_KEPT) live.micLevels.shift();
+    live.micBlocksHeard += 1;
     $("mic-level").value = Math.min(1, rms * 4);
-    // Int16Array is little-endian on every platform a browser runs on.
-    if (socket.readyState === WebSocket.OPEN) {
-      socket.send(pcm.buffer);
-      live.micBlocksSent += 1;
-    }
   };
   source.connect(node);
   // Not to the speakers: connected to nothing, a worklet's graph would not run.
   const sink = context.createGain();
   sink.gain.value = 0;
   node.connect(sink).connect(context.destination);
-  live.socket = socket;
   live.microphone = { stream, context, node };
 }
 
@@ -234,7 +201,7 @@ async function connect() {
       type: pc.localDescription.type,
     });
     await pc.setRemoteDescription(answer);
-    if (microphone) await streamMicrophone(microphone);
+    if (microphone) await meterMicrophone(microphone);
     setButtons("connected");
     $("stat-session").textContent = live.session.id;
     if (pc.connectionState !== "connected") setStatus("waiting for media…");
@@ -269,11 +236,9 @@ async function sendSpeech(event) {
 }
 
 async function disconnect(clearStatus = true) {
-  const { session, pc, socket, microphone } = live;
-  live.socket = null;
+  const { session, pc, microphone } = live;
   live.microphone = null;
   live.pc = null;
-  if (socket) socket.close(1000, "disconnect");
   if (microphone) {
     microphone.stream.getTracks().forEach((track) => track.stop());
     await microphone.context.close();
@@ -335,7 +300,7 @@ async function refreshStats() {
     stats.audioBytes !== undefined
       ? `${(stats.audioBytes / 1024).toFixed(0)} KiB, ${stats.audioSamples} samples`
       : "–";
-  $("stat-mic").textContent = `${live.micBlocksSent} blocks of 20 ms`;
+  $("stat-mic").textContent = `${live.micBlocksHeard} blocks of 20 ms`;
 }
 
 async function refreshServerView() {

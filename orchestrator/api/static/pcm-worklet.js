@@ -1,5 +1,5 @@
 // Runs in the audio thread: hands the microphone's samples to the page in blocks of
-// ~20 ms, so the page sends a WebSocket message 50 times a second rather than 375.
+// ~20 ms, so the page measures the loudness 50 times a second rather than 375.
 class PcmTap extends AudioWorkletProcessor {
   constructor() {
     super();
