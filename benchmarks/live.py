@@ -600,6 +600,8 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
                 "DH_TRITON_URL": grpc_url,
                 "DH_LIPSYNC_MODEL": plan.lipsync_model,
                 "DH_DATA_DIR": str(work / "server-data"),
+                # The search goes up to --max-sessions: the server must take that many.
+                "DH_MAX_SESSIONS": str(plan.max_sessions),
             }
             with contextlib.ExitStack() as stack:
                 base = plan.server_url or stack.enter_context(serve(env, work / "serve.log"))
