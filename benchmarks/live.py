@@ -17,8 +17,10 @@ live path's own per-frame work alone (composite and the WebRTC video encoder, no
 both measured in this run. The last line is one JSON object with every figure.
 
 Latency is read from the pictures: the default model (the reference model) darkens the
-mouth with the loudness of its audio window, so the delay at which the mouth seen follows
-the voice sent is the constant part, and each frame's arrival jitter the rest. A model
+mouth with the loudness of its audio window. A session is silent until its speech starts,
+so the delay from the first loud block sent to the first frame whose mouth darkens is the
+constant part (where the mouth follows the voice at about that delay), and each frame's
+arrival jitter the rest. A model
 whose mouth does not follow loudness (random weights) leaves the latency unmeasured.
 """
 
@@ -83,6 +85,11 @@ DEFAULT_MAX_SESSIONS = 32
 MAX_LAG_S, LAG_STEP_S = 3.0, 0.01
 # Below this correlation the mouth does not follow the voice: no latency from pictures.
 MIN_FOLLOW_CORRELATION = 0.3
+# The onset of speech: the first block this loud against the loudest; the mouth's darkening
+# in speech must exceed its idle motion this many times over to be an onset.
+ONSET_FRACTION, ONSET_MARGIN = 0.1, 2.0
+# Around the onset's delay, the mouth must follow the voice within this much.
+FOLLOW_SLACK_S = 0.15
 # WebRTC timestamps of video run on a 90 kHz clock.
 VIDEO_CLOCK = Fraction(1, 90000)
 START_DEADLINE_S, READY_DEADLINE_S, POLL_S = 60.0, 300.0, 0.1
@@ -111,15 +118,21 @@ def late_fraction(arrival_s: np.ndarray, due_s: np.ndarray, period_s: float) -> 
 
 
 def follow_delay(
-    level_t: np.ndarray, level: np.ndarray, frame_t: np.ndarray, darkness: np.ndarray
+    level_t: np.ndarray,
+    level: np.ndarray,
+    frame_t: np.ndarray,
+    darkness: np.ndarray,
+    lags: tuple[float, float] = (0.0, MAX_LAG_S),
 ) -> tuple[float, float]:
-    """(delay s, correlation): the delay in [0, MAX_LAG_S] at which `darkness` (of the mouth
-    in frames that arrived at `frame_t`) best follows `level` (loudness of audio sent at
-    `level_t`)."""
+    """(delay s, correlation): the delay in `lags` at which `darkness` (of the mouth in
+    frames that arrived at `frame_t`) best follows `level` (loudness of audio sent at
+    `level_t`). Speech's loudness rises and falls with its syllables, nearly periodically,
+    so over a wide range of delays the best may be a syllable off: onset_delay finds the
+    delay, this says whether the mouth follows the voice there."""
     level_t, level = np.asarray(level_t, float), np.asarray(level, float)
     frame_t, darkness = np.asarray(frame_t, float), np.asarray(darkness, float)
     best = (0.0, -1.0)
-    for lag in np.arange(0.0, MAX_LAG_S + LAG_STEP_S / 2, LAG_STEP_S):
+    for lag in np.arange(max(0.0, lags[0]), lags[1] + LAG_STEP_S / 2, LAG_STEP_S):
         inside = (frame_t - lag >= level_t[0]) & (frame_t - lag <= level_t[-1])
         if inside.sum() < 3:
             continue
@@ -130,6 +143,30 @@ def follow_delay(
         if correlation > best[1]:
             best = (float(lag), correlation)
     return best
+
+
+def onset_delay(
+    level_t: np.ndarray, level: np.ndarray, frame_t: np.ndarray, darkness: np.ndarray
+) -> float | None:
+    """Seconds from the first loud audio sent to the first frame whose mouth is darker than
+    every frame before it could have heard anything (half-way to the mouth's typical
+    darkness in speech); None when the mouth never clearly moves. A session is silent
+    until its speech starts, so this onset is unambiguous where a correlation is not."""
+    level_t, level = np.asarray(level_t, float), np.asarray(level, float)
+    frame_t, darkness = np.asarray(frame_t, float), np.asarray(darkness, float)
+    loud = np.flatnonzero(level >= ONSET_FRACTION * level.max()) if level.size else []
+    if len(loud) == 0:
+        return None
+    first = level_t[loud[0]]
+    before = darkness[frame_t < first]
+    after = (frame_t >= first) & (frame_t <= first + MAX_LAG_S)
+    if before.size < 3 or not after.any():
+        return None
+    rest, speaking = float(before.max()), float(np.percentile(darkness[after], 90))
+    if speaking - rest <= ONSET_MARGIN * (rest - float(np.median(before)) + 1e-6):
+        return None  # the mouth moves no more in speech than at rest
+    crossed = np.flatnonzero(after & (darkness > rest + 0.5 * (speaking - rest)))
+    return float(frame_t[crossed[0]] - first) if crossed.size else None
 
 
 def frame_latencies(delay_s: float, arrival_s: np.ndarray, due_s: np.ndarray) -> np.ndarray:
@@ -419,14 +456,21 @@ def round_from_logs(n: int, logs: list[SessionLog], start: float, stop: float) -
         late_frames += max(0, owed - count)
         counted += max(owed, count)
         if count >= 3 and log.sent_t:
-            delay, correlation = follow_delay(
-                np.array(log.sent_t),
-                np.array(log.sent_level),
-                arrival[window],
-                np.array(log.darkness)[window],
-            )
-            if correlation >= MIN_FOLLOW_CORRELATION:
-                latencies.extend(frame_latencies(delay, arrival[window], due[window]))
+            sent_t, sent_level = np.array(log.sent_t), np.array(log.sent_level)
+            darkness = np.array(log.darkness)
+            # The onset is read from every frame (the silent ones before the speech too) ...
+            delay = onset_delay(sent_t, sent_level, arrival, darkness)
+            if delay is not None:
+                # ... and the counted frames must follow the voice at about that delay.
+                _, correlation = follow_delay(
+                    sent_t,
+                    sent_level,
+                    arrival[window],
+                    darkness[window],
+                    (delay - FOLLOW_SLACK_S, delay + FOLLOW_SLACK_S),
+                )
+                if correlation >= MIN_FOLLOW_CORRELATION:
+                    latencies.extend(frame_latencies(delay, arrival[window], due[window]))
     return Round(
         sessions=n,
         fps=frames / seconds,

@@ -19,6 +19,7 @@ from benchmarks.live import (
     largest_passing,
     late_fraction,
     next_count,
+    onset_delay,
     round_from_logs,
     search,
     summary,
@@ -53,11 +54,15 @@ def test_no_frame_at_all_is_all_late() -> None:
     assert late_fraction(np.array([]), np.array([]), PERIOD) == 1.0
 
 
-def _voice_and_mouth(delay: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _voice_and_mouth(
+    delay: float, silent_s: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Loudness sent (silent for `silent_s` first) and a mouth that follows it `delay` later."""
     rng = np.random.default_rng(0)
     level_t = np.arange(0, 8, 0.02)
     level = np.abs(np.sin(level_t * 2 * np.pi * 2)) * (0.5 + 0.5 * rng.uniform(size=level_t.size))
-    frame_t = np.arange(0.5, 8, PERIOD)
+    level[level_t < silent_s] = 0.0
+    frame_t = np.arange(0.0 if silent_s else 0.5, 8, PERIOD)
     darkness = np.interp(frame_t - delay, level_t, level) + rng.normal(0, 0.01, frame_t.size)
     return level_t, level, frame_t, darkness
 
@@ -124,7 +129,7 @@ def test_the_summary_is_one_json_line_with_the_issues_figures() -> None:
 
 def test_a_round_from_session_logs() -> None:
     start, stop = 100.0, 108.0
-    level_t, level, frame_t, darkness = _voice_and_mouth(0.3)
+    level_t, level, frame_t, darkness = _voice_and_mouth(0.3, silent_s=0.4)
     log = SessionLog(
         sent_t=list(level_t + start),
         sent_level=list(level),
@@ -151,3 +156,17 @@ def test_sessions_against_a_stub_of_the_contract() -> None:
     assert result.fps == pytest.approx(2 * 25, rel=0.2)
     assert result.latency_p50_s is not None
     assert 0 <= result.latency_p50_s < 1.0
+
+
+def test_the_onset_of_speech_gives_the_delay_where_a_correlation_would_be_a_syllable_off() -> None:
+    # Silence, then speech whose loudness rises and falls every 0.25 s: the mouth darkens
+    # 0.45 s after the voice starts and follows it.
+    rng = np.random.default_rng(1)
+    level_t = np.arange(0, 8, 0.02)
+    level = np.where(level_t >= 2.0, 0.3 + 0.2 * np.sin(level_t * 2 * np.pi * 4), 0.0)
+    frame_t = np.arange(0, 8, PERIOD)
+    darkness = np.interp(frame_t - 0.45, level_t, level) * 20 + rng.normal(0, 0.05, frame_t.size)
+    delay = onset_delay(level_t, level, frame_t, darkness)
+    assert delay == pytest.approx(0.45, abs=2 * PERIOD)
+    # A mouth that moves as much at rest as in speech has no onset.
+    assert onset_delay(level_t, level, frame_t, rng.normal(0, 1, frame_t.size)) is None
