@@ -154,8 +154,10 @@ def onset_delay(
     until its speech starts, so this onset is unambiguous where a correlation is not."""
     level_t, level = np.asarray(level_t, float), np.asarray(level, float)
     frame_t, darkness = np.asarray(frame_t, float), np.asarray(darkness, float)
-    loud = np.flatnonzero(level >= ONSET_FRACTION * level.max()) if level.size else []
-    if len(loud) == 0:
+    if level.size == 0:
+        return None
+    loud = np.flatnonzero(level >= ONSET_FRACTION * level.max())
+    if loud.size == 0:
         return None
     first = level_t[loud[0]]
     before = darkness[frame_t < first]
