@@ -61,6 +61,7 @@ def write_avatar_video(
     vfr: bool = False,
     audio: bool = False,
     codec: str = "libx264",
+    still: bool = False,
 ) -> None:
     """Write round(seconds * fps) frames of an avatar video to `path` (container by suffix).
 
@@ -69,6 +70,7 @@ def write_avatar_video(
     the display matrix reads back as `frame.rotation == -rotation`, so
     `np.rot90(stored, k=frame.rotation // 90)` is upright again. `vfr` writes millisecond
     timestamps with gaps alternating 0.75/1.25 of 1/fps. `audio` adds a speech track.
+    `still` holds the first picture (no head motion: only speech may move the mouth).
     """
     path = Path(path)
     width, height = size
@@ -105,7 +107,7 @@ def write_avatar_video(
 
         for index in range(frame_count):
             moment = _frame_time(index, rate, vfr)
-            upright = render(moment)
+            upright = render(Fraction(0) if still else moment)
             stored = np.ascontiguousarray(np.rot90(upright, k=quarter_turns))
             frame = av.VideoFrame.from_ndarray(stored, format="bgr24")
             frame.pts = round(moment / time_base)
