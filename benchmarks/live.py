@@ -9,9 +9,10 @@ started here against it. For N sessions at once, each streams continuous speech 
 over 0.2 s) in real time up its WebSocket as 16 kHz PCM and receives its frames over
 WebRTC with an aiortc client. For each N it prints the aggregate frames per second, the
 late-frame percentage and the latency from audio in to frame out (p50, p95); then the
-largest N with < 1 % late frames, the same for a naive per-session loop (a thread per
-session calling onnxruntime in this process, batch 1, composite and the WebRTC video
-encoder), and the ratio of the frames per second the sessions sustain to the limit
+largest N with < 1 % late frames, the same for the naive architecture
+(benchmarks/naive_live.py: a server whose sessions are each a thread calling onnxruntime
+in process at batch 1, with the same WebSocket in and WebRTC out, measured by the same
+client), and the ratio of the frames per second the sessions sustain to the limit
 1/(1/model + 1/codec): model is the lip-sync model alone at saturation on Triton, codec the
 live path's own per-frame work alone (composite and the WebRTC video encoder, no model),
 both measured in this run. The last line is one JSON object with every figure.
@@ -51,8 +52,6 @@ from benchmarks.codec_rate import fixed_face
 from benchmarks.common import REPO, WAV2LIP_MODEL, triton_for_benchmark, wav2lip_onnx
 from orchestrator.pipeline.avatar_cache import Avatar
 from orchestrator.pipeline.composite import composite_frame
-from orchestrator.pipeline.infer import PIXEL_MAX, face_stack
-from orchestrator.pipeline.mel import mel_spectrogram, mel_window
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
 from synthmedia.audio import SPEECH_RATE, continuous_speech
@@ -263,14 +262,31 @@ def _die_with_parent() -> None:
 
 @contextlib.contextmanager
 def serve(settings: dict[str, str], log: Path) -> Iterator[str]:
-    """`dh serve` of this checkout on a free loopback port; yields its base URL. Stopped by
-    its own PID: SIGTERM, a bounded wait, then SIGKILL."""
+    """`dh serve` of this checkout on a free loopback port; yields its base URL."""
     port = _free_port()
+    env = {"DH_HOST": "127.0.0.1", "DH_PORT": str(port), **settings}
+    with _server(["orchestrator.cli", "serve"], env, port, log) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def serve_naive(onnx_file: Path, avatar: Avatar, mode: str, log: Path) -> Iterator[str]:
+    """benchmarks.naive_live (the architecture replaced) on a free loopback port."""
+    port = _free_port()
+    args = ["benchmarks.naive_live", str(port), str(onnx_file), str(avatar.directory), mode]
+    with _server(args, {}, port, log) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def _server(module: list[str], settings: dict[str, str], port: int, log: Path) -> Iterator[str]:
+    """`python -m <module...>` listening on `port` once /healthz answers; yields its base URL.
+    Stopped by its own PID: SIGTERM, a bounded wait, then SIGKILL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DH_")}
-    env.update({"DH_HOST": "127.0.0.1", "DH_PORT": str(port), **settings})
+    env.update(settings)
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "serve"],
+            [sys.executable, "-m", *module],
             cwd=REPO,
             env=env,
             stdout=out,
@@ -282,12 +298,12 @@ def serve(settings: dict[str, str], log: Path) -> Iterator[str]:
         deadline = time.monotonic() + START_DEADLINE_S
         while True:
             if process.poll() is not None:
-                raise SystemExit(f"dh serve exited:\n{log.read_text()[-2000:]}")
+                raise SystemExit(f"{module[0]} exited:\n{log.read_text()[-2000:]}")
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{base}/healthz", timeout=2.0).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise SystemExit(f"dh serve not up in {START_DEADLINE_S} s")
+                raise SystemExit(f"{module[0]} not up in {START_DEADLINE_S} s")
             time.sleep(POLL_S)
         yield base
     finally:
@@ -514,61 +530,6 @@ def codec_fps(avatar: Avatar, face_size: int, frames: int, threads: int) -> floa
     return each * threads / (time.perf_counter() - started)
 
 
-def naive_round(n: int, avatar: Avatar, onnx_file: Path, audio: np.ndarray) -> Round:
-    """N threads, each a session as the replaced service ran one: frame by frame, as soon as
-    its audio window has arrived (real time), onnxruntime in this process at batch 1, then
-    composite and the WebRTC video encoder."""
-    import onnxruntime as ort  # a dev dependency: the orchestrator never imports it
-
-    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    face_size = next(int(t.shape[-1]) for t in session.get_inputs() if t.name == "face")
-    mel = mel_spectrogram(audio)
-    frames = int(audio.size / SPEECH_RATE * AVATAR_FPS)
-    # The mel window of frame k reaches 0.2 s past its start: it can begin only then.
-    lookahead = 0.2
-    start = time.perf_counter() + 0.5
-    done: list[list[float]] = [[] for _ in range(n)]
-
-    def one(slot: int) -> None:
-        encoder = _encoder()
-        with avatar.open_frames() as store:
-            for index in range(frames):
-                wait = start + index / AVATAR_FPS + lookahead - time.perf_counter()
-                if wait > 0:
-                    time.sleep(wait)  # real time: the audio is not there yet
-                at = index % avatar.frame_count
-                frame = store.read(at)
-                box = _box(avatar, at)
-                if box is not None:
-                    feed = {
-                        "mel": mel_window(mel, index, AVATAR_FPS)[None, None].astype(np.float32),
-                        "face": face_stack(frame, box, face_size)[None],
-                    }
-                    (pred,) = session.run(["pred"], feed)
-                    face = np.clip(pred[0] * PIXEL_MAX + 0.5, 0, PIXEL_MAX).astype(np.uint8)
-                    frame = composite_frame(frame, box, face.transpose(1, 2, 0))
-                encoder.encode(_video_frame(frame, index))
-                done[slot].append(time.perf_counter())
-
-    workers = [threading.Thread(target=one, args=(slot,)) for slot in range(n)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    period = 1.0 / AVATAR_FPS
-    due = np.arange(frames) * period + start + lookahead
-    late = [late_fraction(np.array(times), due[: len(times)], period) for times in done]
-    latencies = np.concatenate([np.array(times) - due[: len(times)] for times in done])
-    finished = max(max(times) for times in done)
-    return Round(
-        sessions=n,
-        fps=n * frames / (finished - start - lookahead),
-        late=float(np.mean(late)),
-        latency_p50_s=percentile(latencies, 50),
-        latency_p95_s=percentile(latencies, 95),
-    )
-
-
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -607,7 +568,7 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
                 triton_url=grpc_url, lipsync_model=plan.lipsync_model, data_dir=work / "data"
             )
             _step("model alone at saturation, codec alone, avatar prepared in process")
-            model_fps, codec, avatar = asyncio.run(_alone(settings, video, plan))
+            model_fps, codec, avatar, mode = asyncio.run(_alone(settings, video, plan))
             env = {
                 "DH_TRITON_URL": grpc_url,
                 "DH_LIPSYNC_MODEL": plan.lipsync_model,
@@ -637,14 +598,15 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
                 live_rounds = search(live, plan.max_sessions)
 
             onnx_file = _onnx_file(plan.lipsync_model)
+            with serve_naive(onnx_file, avatar, mode, work / "naive.log") as naive_base:
 
-            def naive(n: int) -> Round:
-                _step(f"{n} naive session thread(s)")
-                result = naive_round(n, avatar, onnx_file, speech)
-                out(render_row("naive", result))
-                return result
+                def naive(n: int) -> Round:
+                    _step(f"{n} naive session thread(s)")
+                    result = asyncio.run(live_round(naive_base, "", "naive", pcm, n, region))
+                    out(render_row("naive", result))
+                    return result
 
-            naive_rounds = search(naive, plan.max_sessions)
+                naive_rounds = search(naive, plan.max_sessions)
     figures = summary(live_rounds, naive_rounds, model_fps, codec)
     figures["bench_seconds"] = time.perf_counter() - started
     figures["lipsync_model"] = plan.lipsync_model
@@ -659,7 +621,8 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
     return 0
 
 
-async def _alone(settings: Settings, video: Path, plan: Plan) -> tuple[float, float, Avatar]:
+async def _alone(settings: Settings, video: Path, plan: Plan) -> tuple[float, float, Avatar, str]:
+    """The model alone, the codec alone, the avatar prepared and the model's composite."""
     async with Engine(settings) as engine:
         served = engine.served
         batch = min(settings.lipsync_batch_size, served.lipsync.max_batch_size)
@@ -675,7 +638,7 @@ async def _alone(settings: Settings, video: Path, plan: Plan) -> tuple[float, fl
         codec = await asyncio.to_thread(
             codec_fps, avatar, served.face_size, plan.model_frames, os.cpu_count() or 1
         )
-    return model_fps, codec, avatar
+    return model_fps, codec, avatar, str(served.composite)
 
 
 def main(argv: list[str] | None = None) -> int:

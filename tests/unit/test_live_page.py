@@ -52,10 +52,14 @@ async def test_the_page_and_every_file_it_loads_are_served(tmp_path: Path) -> No
 async def test_the_script_uses_the_session_contract(tmp_path: Path) -> None:
     async with await _client(tmp_path) as client:
         script = (await client.get("/live/live.js")).text
-    for route in ('"/v1/sessions"', '"/webrtc"', '"/audio"', '"/interrupt"', '"/speech"'):
+    for route in ('"/v1/sessions"', '"/webrtc"', '"/interrupt"', '"/speech"'):
         assert route in script
     assert '"/v1/avatars"' in script
     assert 'direction: "recvonly"' in script
+    # The microphone goes once, as the peer's audio track: not also up the WebSocket,
+    # where the server would queue the same speech a second time.
+    assert 'direction: "sendrecv"' in script
+    assert "new WebSocket(" not in script
     assert "Authorization" in script
 
 
