@@ -134,10 +134,11 @@ class Sessions:
         for session_id in list(self._sessions):
             await self.end(session_id)
         await asyncio.gather(*self._ending, return_exceptions=True)
-        try:  # one write for all: a frozen store delays the stop once, not per session
-            await self._store.end_sessions(self.replica)
-        except StoreUnavailable as exc:  # their rows go stale, which reads as ended
-            log.warning("could not mark this replica's sessions ended: %s", exc.message)
+        if self._writer is not None:  # started (a worker alone holds no session rows)
+            try:  # one write for all: a frozen store delays the stop once, not per session
+                await self._store.end_sessions(self.replica)
+            except StoreUnavailable as exc:  # their rows go stale, which reads as ended
+                log.warning("could not mark this replica's sessions ended: %s", exc.message)
         self._patches.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
         await self._client.close()

@@ -144,3 +144,13 @@ async def test_old_rows_are_purged_and_recent_ones_kept(store: JobStore) -> None
 
 def test_sessions_came_with_the_latest_migration() -> None:
     assert LATEST >= 4
+
+
+async def test_the_holder_writing_its_row_again_overwrites_it(store: JobStore) -> None:  # noqa: F811
+    await store.add_session(_session("s1"))
+    await store.refresh_session("s1", HOLDER, SessionSnapshot("ended"))
+    await store.add_session(_session("s1"))  # the session is alive: its holder says so
+    again = await store.get_session("s1")
+
+    assert again is not None and again.snapshot.state == "waiting"
+    assert await store.refresh_session("s1", HOLDER, STREAMING) is False

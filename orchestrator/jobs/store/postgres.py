@@ -44,6 +44,7 @@ from orchestrator.jobs.store.records import (
     RUNNING,
     SESSION_COLUMNS,
     SESSION_ENDED,
+    SESSION_UPSERT,
     Admission,
     AvatarRecord,
     JobProgress,
@@ -492,7 +493,7 @@ class PostgresStore:
     async def add_session(self, session: SessionRecord) -> None:
         await self._sql(
             f"INSERT INTO live_sessions ({SESSION_COLUMNS}, updated_at) "
-            f"VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,{NOW})",
+            f"VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,{NOW}) {SESSION_UPSERT}",
             (
                 session.id,
                 session.avatar_id,

@@ -212,6 +212,12 @@ SESSION_COLUMNS = (
     "frames_sent, late_frames, speech_queued_s, latency_p50_ms, latency_p95_ms, end_requested"
 )
 
+# add_session writes the whole row, also over one that is there (the holder writing again
+# a row deleted or ended under a session that is still alive).
+SESSION_UPSERT = "ON CONFLICT (id) DO UPDATE SET " + ", ".join(
+    f"{column}=excluded.{column}" for column in [*SESSION_COLUMNS.split(", ")[1:], "updated_at"]
+)
+
 
 def session_from_row(row: tuple[Any, ...]) -> SessionRecord:
     """A row of SESSION_COLUMNS followed by its age in seconds."""

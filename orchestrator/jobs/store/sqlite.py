@@ -29,6 +29,7 @@ from orchestrator.jobs.store.records import (
     RUNNING,
     SESSION_COLUMNS,
     SESSION_ENDED,
+    SESSION_UPSERT,
     Admission,
     AvatarRecord,
     JobProgress,
@@ -458,7 +459,7 @@ class SqliteStore:
         await self._run(
             self._sql,
             f"INSERT INTO live_sessions ({SESSION_COLUMNS}, updated_at) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) {SESSION_UPSERT}",
             (
                 session.id,
                 session.avatar_id,
