@@ -3,7 +3,8 @@
 A session lives on the replica that answered its POST (it holds the WebRTC peer); the
 other replica answers its GET and the list from the store, ends it with a DELETE through
 the store, refuses the routes only the holder can answer with 409, and reports it ended
-once its holder dies.
+once its holder dies. A frozen store neither ends nor stalls a session: the holder goes on
+streaming and answering it, and writes its row again once the store answers.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any
 
 import av
 import httpx
+import psycopg
 
-from tests.api.conftest import register_avatar
+from tests.api.conftest import AVATAR_FPS, ServerFactory, register_avatar
 from tests.api.server import poll_until
-from tests.fleet.conftest import Fleet
+from tests.engines import PostgresEngine
+from tests.fleet.conftest import FLEET_SETTINGS, Fleet
 from tests.live.client import webrtc_peer
 
 SNAPSHOT_S = 0.5  # DH_LIVE_SNAPSHOT_S: rows written twice a second
@@ -30,6 +33,8 @@ LIVE_SETTINGS: dict[str, object] = {
     "live_peer_wait_s": 600.0,  # a session without a peer stays open for the whole test
 }
 END_WITHIN_S = 2 * SNAPSHOT_S + 2.0 + 1.0  # the DELETE's own wait, and a second to spare
+# Frozen for longer than a row may go unwritten: the holder's writes fail all along.
+FROZEN_S = STALE_S + 1.0
 
 
 async def _poll(client: httpx.Client, path: str, done: Any, deadline_s: float, what: str) -> Any:
@@ -121,3 +126,55 @@ async def test_a_session_whose_replica_died_is_reported_ended_by_the_other(
     # Not before its holder could have missed writes: its last was SNAPSHOT_S ago at most.
     assert reported_after > STALE_S - SNAPSHOT_S - 0.5, reported_after
     assert listed == []
+
+
+def _frames_written(database_url: str, session_id: str) -> int | None:
+    """frames_sent as the session's row says (None: no row)."""
+    with psycopg.connect(database_url, connect_timeout=2) as connection:
+        row = connection.execute(
+            "SELECT frames_sent FROM live_sessions WHERE id=%s", (session_id,)
+        ).fetchone()
+    return None if row is None else int(row[0])
+
+
+async def test_a_frozen_store_neither_ends_nor_stalls_a_session(
+    server_factory: ServerFactory, crashable_postgres: PostgresEngine, avatar_video: Path
+) -> None:
+    database_url = crashable_postgres.create_database()
+    server = server_factory(database_url=database_url, **FLEET_SETTINGS, **LIVE_SETTINGS)
+    avatar_id = register_avatar(server, avatar_video)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+        opened = await http.post("/v1/sessions", json={"avatar_id": avatar_id})
+        assert opened.status_code == 201, opened.text
+        session_id = opened.json()["id"]
+        path = f"/v1/sessions/{session_id}"
+        async with webrtc_peer(http, session_id) as peer:
+            assert isinstance(await peer.video.recv(), av.VideoFrame)
+            before = (await http.get(path)).json()
+            crashable_postgres.freeze()
+            try:
+                frozen_at = time.monotonic()
+                frames = [await peer.video.recv() for _ in range(int(FROZEN_S * AVATAR_FPS))]
+                streamed_s = time.monotonic() - frozen_at
+                during = await http.get(path)
+            finally:
+                crashable_postgres.thaw()
+            written = await asyncio.to_thread(
+                poll_until,
+                lambda: _frames_written(database_url, session_id),
+                lambda sent: sent is not None and sent >= during.json()["frames_sent"],
+                10.0,
+                "the row written again once the store answers",
+            )
+            after = (await http.get(path)).json()
+
+    assert all(isinstance(frame, av.VideoFrame) for frame in frames)
+    # The frames came in real time (a stalled session would have held them back).
+    assert streamed_s < FROZEN_S + 2.0, streamed_s
+    assert during.status_code == 200, during.text
+    assert during.json()["state"] == "streaming"
+    assert during.json()["frames_sent"] > before["frames_sent"]
+    assert written >= during.json()["frames_sent"]
+    assert after["state"] == "streaming"
+    log = server.log_path.read_text(errors="replace")
+    assert "sessions go on, reported when it is back" in log
