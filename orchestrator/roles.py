@@ -117,7 +117,8 @@ async def open_core(
         dependencies,
         on_succeeded=result_placer(settings, storage, io_pool),  # HeyGem's result file
     )
-    sessions = Sessions(settings, engine, store, storage, metrics)
+    # A session's row names its holder as the jobs name theirs: the lease owner.
+    sessions = Sessions(settings, engine, store, storage, metrics, replica=scheduler.replica)
     stack.push_async_callback(sessions.stop)  # before the engine's client closes
     return Core(
         settings=settings,
@@ -156,7 +157,7 @@ class ApiRole:
         # A DELETE of a job another replica renders waits for that replica's "ended".
         core.scheduler.listen()
         # Live sessions live where their WebRTC peer is: in the process that answers.
-        core.sessions.start()
+        await core.sessions.start()
 
 
 class WorkerRole:

@@ -365,6 +365,14 @@ class Settings(BaseSettings):
         gt=0,
         description="a session without a connected WebRTC peer for this long ends by itself",
     )
+    live_snapshot_s: float = Field(
+        1.0,
+        gt=0,
+        le=10.0,
+        description="how often the replica holding a live session writes its stats to the "
+        "store (any replica's GET answers from them) and reads a DELETE sent to another "
+        "replica; a session not written for 3 times this plus 2 s is taken as ended",
+    )
     ice_servers: list[IceServer] = Field(
         default_factory=list,
         description='STUN/TURN servers offered to WebRTC peers, as JSON: [{"urls": '

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from orchestrator.jobs.store import SessionRecord
 from orchestrator.live.frames import percentile
 from orchestrator.live.session import Session, SessionState
 
@@ -62,7 +63,7 @@ class SessionDescription(BaseModel):
 
 
 def session_document(session: Session) -> SessionDocument:
-    base = f"/v1/sessions/{session.id}"
+    """A session this replica holds, as it is now."""
     latencies = [latency * MS for latency in session.stats.latencies_s]
     return SessionDocument(
         id=session.id,
@@ -78,11 +79,42 @@ def session_document(session: Session) -> SessionDocument:
         speech_queued_s=round(session.speech_queued_s, 3),
         latency_p50_ms=percentile(latencies, 50),
         latency_p95_ms=percentile(latencies, 95),
-        links=SessionLinks(
-            self=base,
-            webrtc=f"{base}/webrtc",
-            audio=f"{base}/audio",
-            speech=f"{base}/speech",
-            interrupt=f"{base}/interrupt",
-        ),
+        links=_links(session.id),
+    )
+
+
+def record_document(record: SessionRecord) -> SessionDocument:
+    """A session another replica holds, as its holder last wrote it (DH_LIVE_SNAPSHOT_S
+    ago at most); the links lead to that replica's session (only it answers them)."""
+    stats = record.snapshot
+    return SessionDocument(
+        id=record.id,
+        avatar_id=record.avatar_id,
+        state=SessionState(stats.state),
+        created_at=datetime.fromtimestamp(record.created_at, UTC),
+        fps=record.fps,
+        width=record.width,
+        height=record.height,
+        seconds_live=stats.seconds_live,
+        frames_sent=stats.frames_sent,
+        late_frames=stats.late_frames,
+        speech_queued_s=stats.speech_queued_s,
+        latency_p50_ms=stats.latency_p50_ms,
+        latency_p95_ms=stats.latency_p95_ms,
+        links=_links(record.id),
+    )
+
+
+def any_document(found: Session | SessionRecord) -> SessionDocument:
+    return session_document(found) if isinstance(found, Session) else record_document(found)
+
+
+def _links(session_id: str) -> SessionLinks:
+    base = f"/v1/sessions/{session_id}"
+    return SessionLinks(
+        self=base,
+        webrtc=f"{base}/webrtc",
+        audio=f"{base}/audio",
+        speech=f"{base}/speech",
+        interrupt=f"{base}/interrupt",
     )

@@ -1,6 +1,10 @@
 """/v1/sessions: live sessions. REST opens, inspects and ends them; speech comes in over a
 WebSocket, as uploaded files or as the WebRTC peer's microphone; video and the speech go
-out over WebRTC (orchestrator.live)."""
+out over WebRTC (orchestrator.live).
+
+In a fleet a session lives on the replica that answered its POST (it holds the peer).
+Every replica answers GET, the list and DELETE through the store; the peer, speech and
+interrupt routes only on the holder: elsewhere 409 (WebSocket: closed with 4409)."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from orchestrator.api.session_schemas import (
     SessionDescription,
     SessionDocument,
     SessionPage,
+    any_document,
     session_document,
 )
 from orchestrator.api.uploads import receive_form
@@ -39,8 +44,6 @@ STAGE = "sessions"
 CLOSE_ENDED = 1000  # the session ended (DELETE, or its peer went away for good)
 CLOSE_BAD_DATA = 1007  # malformed PCM or sample-rate message
 CLOSE_TOO_MUCH = 1008  # one message larger than DH_LIVE_MAX_QUEUED_S
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_NOT_FOUND = 4404
 # A close frame's reason is at most 123 bytes (RFC 6455, 5.5: 125 less the code).
 REASON_BYTES = 123
 
@@ -60,42 +63,53 @@ async def open_session(
     return session_document(session)
 
 
-@router.get("", response_model=SessionPage, summary="This server's live sessions, newest first")
+@router.get(
+    "",
+    response_model=SessionPage,
+    summary="Every replica's open live sessions, newest first",
+    responses=error_responses(503),
+)
 async def list_sessions(service: ServiceDep) -> SessionPage:
-    return SessionPage(items=[session_document(s) for s in service.sessions.list()])
+    return SessionPage(items=[any_document(s) for s in await service.sessions.list_fleet()])
 
 
 @router.get(
     "/{session_id}",
     response_model=SessionDocument,
-    summary="State, seconds live, frames sent and late, speech queued, latency",
-    responses=error_responses(404),
+    summary="State, seconds live, frames sent and late, speech queued, latency (asked of "
+    "another replica: as its holder wrote them, DH_LIVE_SNAPSHOT_S ago at most)",
+    responses=error_responses(404, 503),
 )
 async def get_session(session_id: str, service: ServiceDep) -> SessionDocument:
-    return session_document(service.sessions.get(session_id))
+    return any_document(await service.sessions.find(session_id))
 
 
 @router.delete(
     "/{session_id}",
     status_code=204,
     response_class=Response,
-    summary="End the session: its peer, clock and queued speech are freed",
-    responses=error_responses(404),
+    summary="End the session: its peer, clock and queued speech are freed (202: held by "
+    "another replica, asked to end it, not confirmed yet)",
+    responses={
+        **error_responses(404, 503),
+        202: {"description": "the holding replica was asked and ends it shortly"},
+    },
 )
 async def end_session(session_id: str, service: ServiceDep) -> Response:
-    await service.sessions.end(session_id)
-    return Response(status_code=204)
+    ended = await service.sessions.end_anywhere(session_id)
+    return Response(status_code=204 if ended else 202)
 
 
 @router.post(
     "/{session_id}/webrtc",
     response_model=SessionDescription,
     summary="SDP offer in, answer out: the session's video and speech over WebRTC",
-    responses=error_responses(400, 404, 422),
+    responses=error_responses(400, 404, 409, 422),
 )
 async def connect(
     session_id: str, offer: SessionDescription, service: ServiceDep
 ) -> SessionDescription:
+    await service.sessions.held(session_id)  # 409 on a replica that does not hold it
     answer = await service.sessions.connect(session_id, offer.sdp, offer.type)
     return SessionDescription(sdp=answer.sdp, type="answer")
 
@@ -106,7 +120,7 @@ async def connect(
     response_model=SessionDocument,
     summary="Queue an audio file (multipart field 'audio', any format jobs take) after "
     "what is playing",
-    responses=error_responses(404, 413, 422, 429),
+    responses=error_responses(404, 409, 413, 422, 429),
     openapi_extra={
         "requestBody": {
             "content": {
@@ -123,7 +137,7 @@ async def connect(
     },
 )
 async def queue_speech(session_id: str, request: Request, service: ServiceDep) -> SessionDocument:
-    session = service.sessions.get(session_id)
+    session = await service.sessions.held(session_id)
     form = await receive_form(
         request,
         storage=service.storage,
@@ -147,10 +161,10 @@ async def queue_speech(session_id: str, request: Request, service: ServiceDep) -
     "/{session_id}/interrupt",
     response_model=SessionDocument,
     summary="Drop queued speech (barge-in): the mouth is at rest within 3 frames",
-    responses=error_responses(404),
+    responses=error_responses(404, 409),
 )
 async def interrupt(session_id: str, service: ServiceDep) -> SessionDocument:
-    session = service.sessions.get(session_id)
+    session = await service.sessions.held(session_id)
     session.interrupt()
     return session_document(session)
 
@@ -169,10 +183,10 @@ async def speech_stream(websocket: WebSocket, session_id: str) -> None:
             service.settings.api_key,
             f"Bearer {key}" if key else websocket.headers.get("authorization", ""),
         )
-        session = service.sessions.get(session_id)
+        session = await service.sessions.held(session_id)
     except PipelineError as exc:
-        code = CLOSE_UNAUTHORIZED if exc.http_status == 401 else CLOSE_NOT_FOUND
-        await _close(websocket, code, exc.message)
+        # 4401 (the key), 4404 (no such session), 4409 (another replica holds it), 4503.
+        await _close(websocket, 4000 + exc.http_status, exc.message)
         return
     closer = asyncio.create_task(_close_when_ended(websocket, session))
     try:

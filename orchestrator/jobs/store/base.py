@@ -13,6 +13,11 @@ video's content id, so one replica detects faces and the others wait for its res
 (orchestrator.jobs.avatars). Events ("queued", "cancel:ID", "ended:ID", "avatar:ID",
 "prepared:ID", "avatar-gone:ID") tell the other replicas about changes without waiting
 for their next sweep.
+
+Live sessions: the replica holding a session's WebRTC peer writes its row (opened, a
+stats snapshot every tick, ended); any replica reads it, and a DELETE elsewhere flags
+`end_requested` and sends "session-end:ID", answered by "session-ended:ID"
+(orchestrator.live.sessions).
 """
 
 from __future__ import annotations
@@ -23,7 +28,14 @@ from typing import Protocol
 
 from orchestrator.errors import Conflict, DependencyUnavailable
 from orchestrator.jobs.states import JobState
-from orchestrator.jobs.store.records import Admission, AvatarRecord, JobProgress, JobRecord
+from orchestrator.jobs.store.records import (
+    Admission,
+    AvatarRecord,
+    JobProgress,
+    JobRecord,
+    SessionRecord,
+    SessionSnapshot,
+)
 
 STAGE = "store"
 # The events replicas send each other through the store.
@@ -31,6 +43,8 @@ QUEUED_EVENT, CANCEL_EVENT, ENDED_EVENT = "queued", "cancel:", "ended:"
 # Avatars: registered (a worker prepares it), a preparation lease released (waiters look
 # for the result), deleted (a worker preparing it stops).
 AVATAR_EVENT, PREPARED_EVENT, AVATAR_GONE_EVENT = "avatar:", "prepared:", "avatar-gone:"
+# Live sessions: end one held by another replica; that replica has ended it.
+SESSION_END_EVENT, SESSION_ENDED_EVENT = "session-end:", "session-ended:"
 
 
 class DuplicateCode(Conflict):
@@ -138,6 +152,38 @@ class JobStore(Protocol):
     async def get_avatar(self, avatar_id: str) -> AvatarRecord | None: ...
     async def list_avatars(self) -> list[AvatarRecord]: ...
     async def delete_avatar(self, avatar_id: str) -> None: ...
+    # live sessions (written by the replica holding the session, read by every replica)
+    async def add_session(self, session: SessionRecord) -> None:
+        """Writes the whole row (over the one there, if any: the holder's word wins)."""
+        ...
+
+    async def refresh_session(
+        self, session_id: str, replica: str, snapshot: SessionSnapshot
+    ) -> bool | None:
+        """Writes the holder's snapshot (an "ended" one ends the row): None if the row is
+        not an open session of `replica` any more, else whether an end was requested."""
+        ...
+
+    async def end_sessions(self, replica: str) -> int:
+        """Marks ended every open session whose replica starts with `replica` (a replica
+        stopping: its owner name; starting again: "<name>#", its previous incarnations)."""
+        ...
+
+    async def get_session(self, session_id: str) -> SessionRecord | None: ...
+    async def list_sessions(self, fresh_s: float) -> list[SessionRecord]:
+        """Open sessions written within `fresh_s` seconds (their holder is alive), newest
+        first."""
+        ...
+
+    async def request_session_end(self, session_id: str) -> bool:
+        """Flags an open session for its holder to end; False if it is not open."""
+        ...
+
+    async def purge_sessions(self, older_than_s: float) -> None:
+        """Deletes session rows not written for `older_than_s` seconds (ended, or their
+        holder died)."""
+        ...
+
     # the engine itself
     @property
     def where(self) -> str:

@@ -59,6 +59,29 @@ SQLITE: dict[int, tuple[str, ...]] = {
             expires_at REAL NOT NULL
         )""",
     ),
+    4: (
+        # Live sessions: the replica holding a session's WebRTC peer writes its row (a
+        # snapshot every tick); any replica answers GET from it and flags a DELETE.
+        """CREATE TABLE live_sessions (
+            id TEXT PRIMARY KEY,
+            avatar_id TEXT NOT NULL,
+            replica TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            fps REAL NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            seconds_live REAL NOT NULL DEFAULT 0,
+            frames_sent INTEGER NOT NULL DEFAULT 0,
+            late_frames INTEGER NOT NULL DEFAULT 0,
+            speech_queued_s REAL NOT NULL DEFAULT 0,
+            latency_p50_ms REAL,
+            latency_p95_ms REAL,
+            end_requested INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        )""",
+        "CREATE INDEX live_sessions_updated ON live_sessions (updated_at)",
+    ),
 }
 
 POSTGRES: dict[int, tuple[str, ...]] = {
@@ -96,6 +119,27 @@ POSTGRES: dict[int, tuple[str, ...]] = {
             owner TEXT NOT NULL,
             expires_at DOUBLE PRECISION NOT NULL
         )""",
+    ),
+    4: (
+        """CREATE TABLE live_sessions (
+            id TEXT PRIMARY KEY,
+            avatar_id TEXT NOT NULL,
+            replica TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            fps DOUBLE PRECISION NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            seconds_live DOUBLE PRECISION NOT NULL DEFAULT 0,
+            frames_sent BIGINT NOT NULL DEFAULT 0,
+            late_frames BIGINT NOT NULL DEFAULT 0,
+            speech_queued_s DOUBLE PRECISION NOT NULL DEFAULT 0,
+            latency_p50_ms DOUBLE PRECISION,
+            latency_p95_ms DOUBLE PRECISION,
+            end_requested BOOLEAN NOT NULL DEFAULT false,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX live_sessions_updated ON live_sessions (updated_at)",
     ),
 }
 

@@ -42,13 +42,20 @@ from orchestrator.jobs.store.migrations import (
 from orchestrator.jobs.store.records import (
     JOB_STATES,
     RUNNING,
+    SESSION_COLUMNS,
+    SESSION_ENDED,
+    SESSION_UPSERT,
     Admission,
     AvatarRecord,
     JobProgress,
     JobRecord,
+    SessionRecord,
+    SessionSnapshot,
     body_json,
     from_body,
     job_from_row,
+    session_from_row,
+    snapshot_values,
 )
 
 log = logging.getLogger(__name__)
@@ -480,6 +487,69 @@ class PostgresStore:
 
     async def delete_avatar(self, avatar_id: str) -> None:
         await self._sql("DELETE FROM avatars WHERE id=%s", (avatar_id,))
+
+    # live sessions (times by the database's clock, as leases: replicas' clocks may differ)
+
+    async def add_session(self, session: SessionRecord) -> None:
+        await self._sql(
+            f"INSERT INTO live_sessions ({SESSION_COLUMNS}, updated_at) "
+            f"VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,{NOW}) {SESSION_UPSERT}",
+            (
+                session.id,
+                session.avatar_id,
+                session.replica,
+                session.created_at,
+                session.fps,
+                session.width,
+                session.height,
+                *snapshot_values(session.snapshot),
+                session.end_requested,
+            ),
+        )
+
+    async def refresh_session(
+        self, session_id: str, replica: str, snapshot: SessionSnapshot
+    ) -> bool | None:
+        rows = await self._sql(
+            "UPDATE live_sessions SET state=%s, seconds_live=%s, frames_sent=%s, "
+            "late_frames=%s, speech_queued_s=%s, latency_p50_ms=%s, latency_p95_ms=%s, "
+            f"updated_at={NOW} WHERE id=%s AND replica=%s AND state<>%s RETURNING end_requested",
+            (*snapshot_values(snapshot), session_id, replica, SESSION_ENDED),
+        )
+        return bool(rows[0][0]) if rows else None
+
+    async def end_sessions(self, replica: str) -> int:
+        rows = await self._sql(
+            f"UPDATE live_sessions SET state=%s, updated_at={NOW} "
+            "WHERE state<>%s AND starts_with(replica, %s) RETURNING id",
+            (SESSION_ENDED, SESSION_ENDED, replica),
+        )
+        return len(rows)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        rows = await self._sql(
+            f"SELECT {SESSION_COLUMNS}, {NOW} - updated_at FROM live_sessions WHERE id=%s",
+            (session_id,),
+        )
+        return session_from_row(rows[0]) if rows else None
+
+    async def list_sessions(self, fresh_s: float) -> list[SessionRecord]:
+        rows = await self._sql(
+            f"SELECT {SESSION_COLUMNS}, {NOW} - updated_at FROM live_sessions "
+            f"WHERE state<>%s AND updated_at >= {NOW} - %s ORDER BY created_at DESC",
+            (SESSION_ENDED, fresh_s),
+        )
+        return [session_from_row(row) for row in rows]
+
+    async def request_session_end(self, session_id: str) -> bool:
+        rows = await self._sql(
+            "UPDATE live_sessions SET end_requested=true WHERE id=%s AND state<>%s RETURNING id",
+            (session_id, SESSION_ENDED),
+        )
+        return bool(rows)
+
+    async def purge_sessions(self, older_than_s: float) -> None:
+        await self._sql(f"DELETE FROM live_sessions WHERE updated_at < {NOW} - %s", (older_than_s,))
 
 
 def _fence(owner: str | None, attempt: int | None) -> tuple[str, tuple[object, ...]]:

@@ -1,6 +1,6 @@
 """What the store keeps: a job and an avatar as records, with the job's typed error and
-result. The states are orchestrator.jobs.states', the moves between them
-orchestrator.jobs.lifecycle's."""
+result, and a live session's record. The states are orchestrator.jobs.states', the moves
+between them orchestrator.jobs.lifecycle's; a session's are orchestrator.live.session's."""
 
 from __future__ import annotations
 
@@ -132,6 +132,43 @@ class Admission:
     capacity: int  # jobs every live replica may run at once
 
 
+# A live session's state once it has ended (orchestrator.live.session.SessionState.ENDED).
+SESSION_ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class SessionSnapshot:
+    """What the replica holding a live session writes to its row every tick, so any
+    replica can answer its GET (orchestrator.live.sessions)."""
+
+    state: str  # waiting, streaming or ended (orchestrator.live.session.SessionState)
+    seconds_live: float = 0.0
+    frames_sent: int = 0
+    late_frames: int = 0
+    speech_queued_s: float = 0.0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+
+
+@dataclass
+class SessionRecord:
+    """A live session as the store keeps it: written by the replica that holds its
+    WebRTC peer (and only that one), read by every replica."""
+
+    id: str
+    avatar_id: str
+    replica: str  # the holding process: its lease owner name, "<name>#<incarnation>"
+    created_at: float
+    fps: float
+    width: int
+    height: int
+    snapshot: SessionSnapshot
+    end_requested: bool = False  # a DELETE on another replica asked the holder to end it
+    # Seconds since the holder last wrote the row, by the store's clock (read back only):
+    # a holder that died stops writing, so an old snapshot means the session is gone.
+    age_s: float = 0.0
+
+
 # The two record types the store reads back; both are dataclasses with a `seq`.
 RecordT = TypeVar("RecordT", JobRecord, AvatarRecord)
 _COLUMN_FIELDS = ("lease_owner", "cancel_requested")
@@ -167,3 +204,46 @@ def job_from_row(
     job.lease_owner = lease_owner
     job.cancel_requested = bool(cancel_requested)
     return job
+
+
+# A session row's columns in SessionRecord's order, less its age (computed on read).
+SESSION_COLUMNS = (
+    "id, avatar_id, replica, created_at, fps, width, height, state, seconds_live, "
+    "frames_sent, late_frames, speech_queued_s, latency_p50_ms, latency_p95_ms, end_requested"
+)
+
+# add_session writes the whole row, also over one that is there (the holder writing again
+# a row deleted or ended under a session that is still alive).
+SESSION_UPSERT = "ON CONFLICT (id) DO UPDATE SET " + ", ".join(
+    f"{column}=excluded.{column}" for column in [*SESSION_COLUMNS.split(", ")[1:], "updated_at"]
+)
+
+
+def session_from_row(row: tuple[Any, ...]) -> SessionRecord:
+    """A row of SESSION_COLUMNS followed by its age in seconds."""
+    (sid, avatar_id, replica, created_at, fps, width, height, *snapshot, end, age) = row
+    return SessionRecord(
+        id=sid,
+        avatar_id=avatar_id,
+        replica=replica,
+        created_at=float(created_at),
+        fps=float(fps),
+        width=int(width),
+        height=int(height),
+        snapshot=SessionSnapshot(*snapshot),
+        end_requested=bool(end),
+        age_s=max(0.0, float(age)),
+    )
+
+
+def snapshot_values(snapshot: SessionSnapshot) -> tuple[object, ...]:
+    """The snapshot in SESSION_COLUMNS' order (state to latency_p95_ms)."""
+    return (
+        snapshot.state,
+        snapshot.seconds_live,
+        snapshot.frames_sent,
+        snapshot.late_frames,
+        snapshot.speech_queued_s,
+        snapshot.latency_p50_ms,
+        snapshot.latency_p95_ms,
+    )

@@ -27,13 +27,20 @@ from orchestrator.jobs.store.records import (
     JOB_STATES,
     QUEUED,
     RUNNING,
+    SESSION_COLUMNS,
+    SESSION_ENDED,
+    SESSION_UPSERT,
     Admission,
     AvatarRecord,
     JobProgress,
     JobRecord,
+    SessionRecord,
+    SessionSnapshot,
     body_json,
     from_body,
     job_from_row,
+    session_from_row,
+    snapshot_values,
 )
 
 P = ParamSpec("P")
@@ -445,3 +452,78 @@ class SqliteStore:
 
     async def delete_avatar(self, avatar_id: str) -> None:
         await self._run(self._sql, "DELETE FROM avatars WHERE id=?", (avatar_id,))
+
+    # live sessions
+
+    async def add_session(self, session: SessionRecord) -> None:
+        await self._run(
+            self._sql,
+            f"INSERT INTO live_sessions ({SESSION_COLUMNS}, updated_at) "
+            f"VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) {SESSION_UPSERT}",
+            (
+                session.id,
+                session.avatar_id,
+                session.replica,
+                session.created_at,
+                session.fps,
+                session.width,
+                session.height,
+                *snapshot_values(session.snapshot),
+                session.end_requested,
+                time.time(),
+            ),
+        )
+
+    async def refresh_session(
+        self, session_id: str, replica: str, snapshot: SessionSnapshot
+    ) -> bool | None:
+        rows = await self._run(
+            self._sql,
+            "UPDATE live_sessions SET state=?, seconds_live=?, frames_sent=?, late_frames=?, "
+            "speech_queued_s=?, latency_p50_ms=?, latency_p95_ms=?, updated_at=? "
+            "WHERE id=? AND replica=? AND state<>? RETURNING end_requested",
+            (*snapshot_values(snapshot), time.time(), session_id, replica, SESSION_ENDED),
+        )
+        return bool(rows[0][0]) if rows else None
+
+    async def end_sessions(self, replica: str) -> int:
+        rows = await self._run(
+            self._sql,
+            "UPDATE live_sessions SET state=?, updated_at=? "
+            "WHERE state<>? AND substr(replica, 1, length(?)) = ? RETURNING id",
+            (SESSION_ENDED, time.time(), SESSION_ENDED, replica, replica),
+        )
+        return len(rows)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        rows = await self._run(
+            self._sql,
+            f"SELECT {SESSION_COLUMNS}, ? - updated_at FROM live_sessions WHERE id=?",
+            (time.time(), session_id),
+        )
+        return session_from_row(rows[0]) if rows else None
+
+    async def list_sessions(self, fresh_s: float) -> list[SessionRecord]:
+        now = time.time()
+        rows = await self._run(
+            self._sql,
+            f"SELECT {SESSION_COLUMNS}, ? - updated_at FROM live_sessions "
+            "WHERE state<>? AND updated_at >= ? ORDER BY created_at DESC",
+            (now, SESSION_ENDED, now - fresh_s),
+        )
+        return [session_from_row(row) for row in rows]
+
+    async def request_session_end(self, session_id: str) -> bool:
+        rows = await self._run(
+            self._sql,
+            "UPDATE live_sessions SET end_requested=1 WHERE id=? AND state<>? RETURNING id",
+            (session_id, SESSION_ENDED),
+        )
+        return bool(rows)
+
+    async def purge_sessions(self, older_than_s: float) -> None:
+        await self._run(
+            self._sql,
+            "DELETE FROM live_sessions WHERE updated_at < ?",
+            (time.time() - older_than_s,),
+        )
