@@ -128,7 +128,7 @@ def test_video_and_audio_stay_within_a_frame_over_ten_minutes(avatar_cache: Path
     # minute as in the first.
     for rows in (video, audio):
         lag = rows[:, 0] - rows[:, 1]
-        assert -1e-9 <= lag.min() and lag.max() < frame_s, (lag.min(), lag.max())
+        assert lag.min() >= -1e-9 and lag.max() < frame_s, (lag.min(), lag.max())
     # And of each other: the audio stamped at each frame's moment is that frame's time.
     audio_at_frames = np.interp(video[:, 0], audio[:, 0], audio[:, 1])
     drift = audio_at_frames - video[:, 1]
