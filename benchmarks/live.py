@@ -50,6 +50,7 @@ import numpy as np
 from benchmarks import model_rate
 from benchmarks.codec_rate import fixed_face
 from benchmarks.common import REPO, WAV2LIP_MODEL, triton_for_benchmark, wav2lip_onnx
+from orchestrator.live.tracks import video_frame
 from orchestrator.pipeline.avatar_cache import Avatar
 from orchestrator.pipeline.composite import composite_frame
 from orchestrator.pipeline.runner import Engine
@@ -84,8 +85,6 @@ MAX_LAG_S = 3.0
 # in speech must exceed its change at rest (codec noise) this many times over, and this
 # many grey levels, to count.
 ONSET_FRACTION, ONSET_MARGIN, MIN_CHANGE = 0.1, 2.0, 0.5
-# WebRTC timestamps of video run on a 90 kHz clock.
-VIDEO_CLOCK = Fraction(1, 90000)
 START_DEADLINE_S, READY_DEADLINE_S, POLL_S = 60.0, 300.0, 0.1
 PR_SET_PDEATHSIG = 1
 EXIT_REFUSED = 2
@@ -484,14 +483,6 @@ async def live_round(
 # --- model alone, codec alone, and the naive loop -----------------------------------------
 
 
-def _video_frame(bgr: np.ndarray, index: int) -> Any:
-    import av
-
-    frame = av.VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format="yuv420p")
-    frame.pts, frame.time_base = index * 90000 // AVATAR_FPS, VIDEO_CLOCK
-    return frame
-
-
 def _encoder() -> Any:
     from aiortc.codecs.vpx import Vp8Encoder  # what aiortc negotiates with browsers first
 
@@ -518,7 +509,7 @@ def codec_fps(avatar: Avatar, face_size: int, frames: int, threads: int) -> floa
                 box = _box(avatar, at)
                 if box is not None:
                     frame = composite_frame(frame, box, face)
-                encoder.encode(_video_frame(frame, index))
+                encoder.encode(video_frame(frame, index, Fraction(AVATAR_FPS)))
 
     each = max(1, frames // threads)
     started = time.perf_counter()

@@ -35,13 +35,13 @@ from fastapi import FastAPI, HTTPException, Response, WebSocket, WebSocketDiscon
 
 from orchestrator.live import frames as live
 from orchestrator.live.speech import SILENCE_PEAK
+from orchestrator.live.tracks import video_frame
 from orchestrator.pipeline.avatar_cache import Avatar, load_avatar
 from orchestrator.pipeline.composite import CompositeMode, composite_frame
 from orchestrator.pipeline.infer import face_crop, face_stack, pred_to_crops
 from orchestrator.pipeline.mel import SAMPLE_RATE
 
 FPS = Fraction(25)
-VIDEO_CLOCK = 90000
 # Audio a session may hold: the benchmark streams seconds, not minutes.
 MAX_AUDIO_S = 120
 # A frame is drawn once its mel window's audio has arrived, and this much more (a 20 ms
@@ -131,10 +131,7 @@ class NaiveVideoTrack(MediaStreamTrack):
 
     async def recv(self) -> av.VideoFrame:
         index, image = await self._session.next_frame()
-        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-        frame.pts = round(index * VIDEO_CLOCK / FPS)
-        frame.time_base = Fraction(1, VIDEO_CLOCK)
-        return frame
+        return video_frame(image, index, FPS)
 
 
 def create_app(onnx_file: Path, avatar_dir: Path, mode: CompositeMode) -> FastAPI:
