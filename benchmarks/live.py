@@ -86,6 +86,8 @@ MAX_LAG_S = 3.0
 # many grey levels, to count.
 ONSET_FRACTION, ONSET_MARGIN, MIN_CHANGE = 0.1, 2.0, 0.5
 START_DEADLINE_S, READY_DEADLINE_S, POLL_S = 60.0, 300.0, 0.1
+# RTP's video clock (RFC 3551).
+RTP_VIDEO_CLOCK = 90000
 PR_SET_PDEATHSIG = 1
 EXIT_REFUSED = 2
 
@@ -338,26 +340,75 @@ class SessionLog:
 
     sent_t: list[float] = field(default_factory=list)
     sent_level: list[float] = field(default_factory=list)
+    # Every video frame as it arrived (its last RTP packet) and its timestamp (seconds).
     arrival: list[float] = field(default_factory=list)
-    due: list[float] = field(default_factory=list)  # frame timestamps, seconds
-    mouth: list[float] = field(default_factory=list)  # mean luma of the mouth region
-    audio_frames: int = 0
+    due: list[float] = field(default_factory=list)
+    # A watched session's decoded frames: when each was decoded, the mouth region's luma.
+    mouth_t: list[float] = field(default_factory=list)
+    mouth: list[float] = field(default_factory=list)
+    audio_packets: int = 0
+    # Frames the server showed idle because their lip-sync was late, over the counted span
+    # (from the session's own figures; a server that does not report them: 0).
+    server_late: int = 0
 
 
-async def _receive_video(track: Any, log: SessionLog, region: tuple[int, int, int, int]) -> None:
+class _Unwrapped:
+    """RTP's 32-bit timestamps as one rising count."""
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+        self._total = 0
+
+    def __call__(self, stamp: int) -> int:
+        if self._last is not None:
+            self._total += (stamp - self._last + 2**31) % 2**32 - 2**31
+        self._last = stamp
+        return self._total
+
+
+def _count_packets(receiver: Any, log: SessionLog, kind: str, decode: bool) -> None:
+    """Notes each video frame as its last packet arrives (RTP's marker bit) and counts
+    audio packets; the packets go on to aiortc's decoders only when `decode`. A browser
+    decodes on its own machine: decoding every session here would charge the server's
+    CPU with the clients' work."""
+    forward = receiver._handle_rtp_packet
+    stamps = _Unwrapped()
+    last: list[int] = []
+
+    async def handle(packet: Any, arrival_time_ms: int) -> None:
+        if kind == "audio":
+            log.audio_packets += 1
+        elif packet.marker and packet.timestamp not in last:  # a retransmission: once
+            log.arrival.append(time.perf_counter())
+            log.due.append(stamps(packet.timestamp) / RTP_VIDEO_CLOCK)
+            last[:] = [packet.timestamp]
+        if decode:
+            await forward(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = handle
+
+
+async def _watch_video(track: Any, log: SessionLog, region: tuple[int, int, int, int]) -> None:
     x, y, w, h = region
     while True:
         frame = await track.recv()
-        log.arrival.append(time.perf_counter())
-        log.due.append(float(frame.pts * frame.time_base) if frame.time_base else 0.0)
+        log.mouth_t.append(time.perf_counter())
         gray = frame.to_ndarray(format="gray")
         log.mouth.append(float(gray[y : y + h, x : x + w].mean()))
 
 
-async def _receive_audio(track: Any, log: SessionLog) -> None:
+async def _drain(track: Any) -> None:
     while True:
         await track.recv()
-        log.audio_frames += 1
+
+
+async def _late_frames(client: httpx.AsyncClient, session_id: str) -> int | None:
+    """The session's late frames so far by its server (None: it does not say)."""
+    with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+        reply = await client.get(f"/v1/sessions/{session_id}")
+        if reply.status_code == 200:
+            return int(reply.json()["late_frames"])
+    return None
 
 
 async def one_session(
@@ -366,9 +417,11 @@ async def one_session(
     pcm: np.ndarray,
     start_at: float,
     region: tuple[int, int, int, int],
+    watch: bool = True,
 ) -> SessionLog:
     """One session: created, connected over WebRTC, fed `pcm` (int16) in real time from
-    `start_at` (perf_counter), watched until TAIL_S after, deleted."""
+    `start_at` (perf_counter), received until TAIL_S after, deleted. Every frame's arrival
+    is noted; a watched session's frames are decoded too, for the mouth."""
     from aiortc import RTCPeerConnection, RTCSessionDescription  # the live path's client
     from websockets.asyncio.client import connect
 
@@ -397,17 +450,22 @@ async def one_session(
         )
         answer.raise_for_status()
         await pc.setRemoteDescription(RTCSessionDescription(**answer.json()))
+        for transceiver in pc.getTransceivers():
+            _count_packets(transceiver.receiver, log, transceiver.kind, decode=watch)
         await asyncio.wait_for(arrived.wait(), START_DEADLINE_S)
-        receivers = [
-            asyncio.create_task(_receive_video(tracks["video"], log, region)),
-            asyncio.create_task(_receive_audio(tracks["audio"], log)),
-        ]
+        if watch:
+            receivers = [
+                asyncio.create_task(_watch_video(tracks["video"], log, region)),
+                asyncio.create_task(_drain(tracks["audio"])),
+            ]
         ws_url = str(client.base_url).replace("http", "ws", 1).rstrip("/")
         headers = {k: v for k, v in client.headers.items() if k.lower() == "authorization"}
         async with connect(
             f"{ws_url}/v1/sessions/{session_id}/audio", additional_headers=headers
         ) as socket_:
             chunk = round(CHUNK_S * SPEECH_RATE)
+            late_before: int | None = None
+            settled = int(SETTLE_S / CHUNK_S)
             for index, begin in enumerate(range(0, pcm.size, chunk)):
                 # Real time: each 20 ms block leaves when a microphone would have filled it.
                 await asyncio.sleep(max(0.0, start_at + index * CHUNK_S - time.perf_counter()))
@@ -415,6 +473,11 @@ async def one_session(
                 log.sent_t.append(time.perf_counter())
                 log.sent_level.append(float(np.sqrt(np.mean((block / 32768.0) ** 2))))
                 await socket_.send(block.astype("<i2").tobytes())
+                if index == settled:
+                    late_before = await _late_frames(client, session_id)
+            late_after = await _late_frames(client, session_id)
+            if late_before is not None and late_after is not None:
+                log.server_late = late_after - late_before
             await asyncio.sleep(
                 max(0.0, start_at + pcm.size / SPEECH_RATE + TAIL_S - time.perf_counter())
             )
@@ -428,13 +491,31 @@ async def one_session(
     return log
 
 
+def watched_delay(logs: list[SessionLog]) -> float | None:
+    """The onset delay of the first watched session where one is seen."""
+    for log in logs:
+        if log.mouth:
+            delay = onset_delay(
+                np.array(log.sent_t),
+                np.array(log.sent_level),
+                np.array(log.mouth_t),
+                np.array(log.mouth),
+            )
+            if delay is not None:
+                return delay
+    return None
+
+
 def round_from_logs(n: int, logs: list[SessionLog], start: float, stop: float) -> Round:
     """The figures of N sessions whose speech ran from `start` to `stop` (perf_counter):
     frames that arrived from SETTLE_S after the start to the stop count. Each session owes
-    the avatar's fps over that window; frames it never got count as late."""
+    the avatar's fps over that window; frames it never got count as late, and so do frames
+    its server showed idle because their lip-sync was late. Latency: the watched session's
+    onset delay, plus each frame's own arrival jitter, in every session."""
     period = 1.0 / AVATAR_FPS
     seconds = stop - start - SETTLE_S
     owed = round(seconds * AVATAR_FPS)
+    delay = watched_delay(logs)
     frames, late_frames, counted = 0, 0.0, 0
     latencies: list[float] = []
     for log in logs:
@@ -442,17 +523,11 @@ def round_from_logs(n: int, logs: list[SessionLog], start: float, stop: float) -
         window = (arrival >= start + SETTLE_S) & (arrival <= stop)
         count = int(window.sum())
         frames += count
-        if count:
-            late_frames += late_fraction(arrival[window], due[window], period) * count
-        late_frames += max(0, owed - count)
+        late = late_fraction(arrival[window], due[window], period) * count if count else 0.0
+        late_frames += min(float(max(owed, count)), late + log.server_late + max(0, owed - count))
         counted += max(owed, count)
-        if count >= 3 and log.sent_t:
-            # The onset is read from every frame, the silent ones before the speech too.
-            delay = onset_delay(
-                np.array(log.sent_t), np.array(log.sent_level), arrival, np.array(log.mouth)
-            )
-            if delay is not None:
-                latencies.extend(frame_latencies(delay, arrival[window], due[window]))
+        if delay is not None and count >= 3:
+            latencies.extend(frame_latencies(delay, arrival[window], due[window]))
     return Round(
         sessions=n,
         fps=frames / seconds,
@@ -474,8 +549,13 @@ async def live_round(
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60.0) as client:
         # Every session connects first; the speech of all starts at the same moment.
         start = time.perf_counter() + 3.0 + 0.2 * n
+        # One session is watched (its frames decoded, for the latency); every session's
+        # frames are timed as they arrive.
         logs = await asyncio.gather(
-            *(one_session(client, avatar_id, pcm, start, region) for _ in range(n))
+            *(
+                one_session(client, avatar_id, pcm, start, region, watch=index == 0)
+                for index in range(n)
+            )
         )
     return round_from_logs(n, list(logs), start, start + pcm.size / SPEECH_RATE)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -125,20 +126,27 @@ def test_the_summary_is_one_json_line_with_the_issues_figures() -> None:
 def test_a_round_from_session_logs() -> None:
     start, stop = 100.0, 108.0
     level_t, level, frame_t, mouth = _voice_and_mouth(0.3, silent_s=0.4)
-    log = SessionLog(
-        sent_t=list(level_t + start),
-        sent_level=list(level),
-        arrival=list(frame_t + start),
-        due=list(frame_t - 0.3),
-        mouth=list(mouth),
-        audio_frames=100,
-    )
-    result = round_from_logs(2, [log, log], start, stop)
+
+    def session(**seen: Any) -> SessionLog:
+        return SessionLog(
+            sent_t=list(level_t + start),
+            sent_level=list(level),
+            arrival=list(frame_t + start),
+            due=list(frame_t - 0.3),
+            **seen,
+        )
+
+    watched = session(mouth_t=list(frame_t + start), mouth=list(mouth))
+    timed = session()  # frames timed, not decoded
+    result = round_from_logs(2, [watched, timed], start, stop)
     assert result.fps == pytest.approx(2 * 25, rel=0.05)
     assert result.late == 0.0
     assert result.latency_p50_s == pytest.approx(0.3, abs=0.02)
-    # A session that saw nothing makes the round fail.
-    assert not round_from_logs(2, [log, SessionLog()], start, stop).passed
+    # A session that saw nothing makes the round fail ...
+    assert not round_from_logs(2, [watched, SessionLog()], start, stop).passed
+    # ... and so do frames its server showed idle, on time but without lip-sync.
+    idle_shown = session(server_late=5)
+    assert round_from_logs(2, [watched, idle_shown], start, stop).late > live.LATE_LIMIT
     assert live.LATE_LIMIT == 0.01
 
 
