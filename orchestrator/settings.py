@@ -365,6 +365,12 @@ class Settings(BaseSettings):
         gt=0,
         description="a session without a connected WebRTC peer for this long ends by itself",
     )
+    live_priority: bool = Field(
+        True,
+        description="live sessions' lipsync requests ask Triton for its highest priority, so "
+        "a batch backlog queued at the model does not make a live face stutter (the lipsync "
+        "config's priority_levels; batch jobs take its default, lower level)",
+    )
     ice_servers: list[IceServer] = Field(
         default_factory=list,
         description='STUN/TURN servers offered to WebRTC peers, as JSON: [{"urls": '

@@ -27,7 +27,7 @@ from orchestrator.pipeline.avatar_cache import Avatar, load_avatar
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
 from orchestrator.storage import Storage
-from orchestrator.triton import TritonClient
+from orchestrator.triton import DEFAULT_PRIORITY, HIGHEST_PRIORITY, TritonClient
 
 log = logging.getLogger(__name__)
 STAGE = "sessions"
@@ -55,7 +55,8 @@ class Sessions:
         self._metrics = metrics
         # Live frames have a deadline: a client of their own, so a batch job's requests in
         # flight (the engine's client is bounded by DH_TRITON_MAX_IN_FLIGHT) never queue
-        # them in this process. Triton's dynamic batcher still merges them all.
+        # them in this process. Triton's dynamic batcher still merges them all, and serves
+        # them first where the model has priority levels (DH_LIVE_PRIORITY).
         self._client = TritonClient(
             settings.triton_url,
             request_timeout_s=settings.triton_request_timeout_s,
@@ -63,6 +64,7 @@ class Sessions:
             max_in_flight=max(
                 settings.triton_max_in_flight, LIVE_IN_FLIGHT_PER_SESSION * settings.max_sessions
             ),
+            priority=HIGHEST_PRIORITY if settings.live_priority else DEFAULT_PRIORITY,
         )
         self._client.observer = metrics
         self._sessions: dict[str, Session] = {}
