@@ -197,7 +197,13 @@ class Sessions:
             except PipelineError:  # this role never started the engine
                 served = await load_served_models(self._client, self.settings)
             self._model = LiveModel(
-                self._client, served.lipsync.name, served.face_size, served.composite
+                self._client,
+                served.lipsync.name,
+                served.face_size,
+                served.composite,
+                frames_per_request=max(
+                    1, min(self.settings.live_frames_per_request, served.lipsync.max_batch_size)
+                ),
             )
         return self._model
 
