@@ -3,6 +3,8 @@
     python -m benchmarks.live [--quick] [--triton-url HOST:PORT] [--lipsync-model NAME]
                               [--seconds S] [--size PX] [--max-sessions N]
                               [--server-url URL [--avatar-id ID] [--api-key KEY]]
+                              [--batch-backlog J [--backlog-sessions N] [--backlog-repeats R]]
+                              [--frames-per-request K]
 
 One run, one local Triton (started here unless --triton-url names one), one `dh serve`
 started here against it. For N sessions at once, each streams continuous speech (no pause
@@ -15,6 +17,14 @@ encoder), and the ratio of the frames per second the sessions sustain to the lim
 1/(1/model + 1/codec): model is the lip-sync model alone at saturation on Triton, codec the
 live path's own per-frame work alone (composite and the WebRTC video encoder, no model),
 both measured in this run. The last line is one JSON object with every figure.
+
+With --batch-backlog J, N sessions (--backlog-sessions, default the largest passing N, at
+least 1) run R more times (--backlog-repeats) on each of two fresh `dh serve`s while J
+batch jobs (BACKLOG_SPEECH_S of speech each, all rendering at once, submitted anew each
+round) keep the lipsync model's queue full: one with DH_LIVE_PRIORITY on (live frames ask
+Triton for its highest priority), one with it off; the mean late-frame fraction of each
+goes into the JSON under "backlog". --frames-per-request sets the servers'
+DH_LIVE_FRAMES_PER_REQUEST (default: theirs).
 
 Latency is read from the pictures: the default model (the reference model) darkens the
 mouth with the loudness of its audio window, so the delay at which the mouth seen follows
@@ -55,7 +65,7 @@ from orchestrator.pipeline.infer import PIXEL_MAX, face_stack
 from orchestrator.pipeline.mel import mel_spectrogram, mel_window
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
-from synthmedia.audio import SPEECH_RATE, continuous_speech
+from synthmedia.audio import SPEECH_RATE, continuous_speech, write_audio
 from synthmedia.avatar import mouth_region, write_avatar_video
 
 AVATAR_FPS = 25
@@ -88,6 +98,9 @@ VIDEO_CLOCK = Fraction(1, 90000)
 START_DEADLINE_S, READY_DEADLINE_S, POLL_S = 60.0, 300.0, 0.1
 PR_SET_PDEATHSIG = 1
 EXIT_REFUSED = 2
+# Speech per batch job of --batch-backlog: longer than a round, so the jobs' lipsync
+# requests queue at Triton for all of it (the JSON says how many still ran at its end).
+BACKLOG_SPEECH_S = 60.0
 
 
 def _step(message: str) -> None:
@@ -558,6 +571,91 @@ def naive_round(n: int, avatar: Avatar, onnx_file: Path, audio: np.ndarray) -> R
     )
 
 
+# --- live sessions next to a batch backlog ----------------------------------------------
+
+
+def _job_states(client: httpx.Client, job_ids: list[str]) -> list[str]:
+    return [str(client.get(f"/v1/jobs/{job_id}").json()["state"]) for job_id in job_ids]
+
+
+@contextlib.contextmanager
+def batch_backlog(
+    base: str, api_key: str, avatar_id: str, audio: Path, jobs: int
+) -> Iterator[Callable[[], int]]:
+    """`jobs` batch jobs on the avatar, submitted and rendering (all running) when this
+    enters; yields a function counting those still running; cancels them on leaving."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=base, headers=headers, timeout=60.0) as client:
+        job_ids = []
+        for _ in range(jobs):
+            reply = client.post(
+                "/v1/jobs",
+                files={"audio": (audio.name, audio.read_bytes())},
+                data={"avatar_id": avatar_id},
+            )
+            reply.raise_for_status()
+            job_ids.append(str(reply.json()["id"]))
+        deadline = time.monotonic() + READY_DEADLINE_S
+        while (states := _job_states(client, job_ids)).count("running") < jobs:
+            if any(state not in ("queued", "running") for state in states):
+                raise SystemExit(f"a backlog job stopped before the round: {states}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the backlog jobs did not all start: {states}")
+            time.sleep(POLL_S)
+        try:
+            yield lambda: _job_states(client, job_ids).count("running")
+        finally:
+            for job_id in job_ids:
+                with contextlib.suppress(httpx.HTTPError):
+                    client.delete(f"/v1/jobs/{job_id}")
+
+
+def backlog_rounds(
+    plan: Plan,
+    env: dict[str, str],
+    work: Path,
+    video: Path,
+    pcm: np.ndarray,
+    n: int,
+    out: Callable[[str], None],
+) -> dict[str, Any]:
+    """N sessions while `plan.batch_backlog` batch jobs render, with DH_LIVE_PRIORITY on
+    and off (a fresh `dh serve` each, on the same Triton)."""
+    audio = work / "backlog.wav"
+    write_audio(audio, continuous_speech(BACKLOG_SPEECH_S, seed=1))
+    region = mouth_region((plan.size, plan.size))
+    rounds: dict[str, Any] = {"jobs": plan.batch_backlog, "sessions": n}
+    for priority in (True, False):
+        label = "on" if priority else "off"
+        settings = {
+            **env,
+            "DH_LIVE_PRIORITY": str(priority).lower(),
+            # Every job renders at once: the backlog is at Triton, not in the job queue.
+            "DH_MAX_RUNNING_JOBS": str(max(1, plan.batch_backlog)),
+            "DH_MAX_SESSIONS": str(n),
+            "DH_DATA_DIR": str(work / f"server-data-priority-{label}"),
+        }
+        with serve(settings, work / f"serve-priority-{label}.log") as base:
+            avatar_id = register_avatar(base, video)
+            results, still = [], []
+            for _ in range(plan.backlog_repeats):
+                _step(f"{n} live session(s), {plan.batch_backlog} batch job(s), priority {label}")
+                with batch_backlog(base, "", avatar_id, audio, plan.batch_backlog) as running:
+                    result = asyncio.run(live_round(base, "", avatar_id, pcm, n, region))
+                    still.append(running())
+                out(
+                    f"{render_row('backlog', result)}  priority {label}, "
+                    f"{still[-1]} job(s) still running"
+                )
+                results.append(result)
+        rounds[f"late_priority_{label}"] = float(np.mean([r.late for r in results]))
+        rounds[f"rounds_priority_{label}"] = [asdict(r) for r in results]
+        # Fewer than J at a round's end: the backlog did not cover all of that round.
+        rounds[f"jobs_running_after_priority_{label}"] = still
+    return rounds
+
+
+# --- the run -------------------------------------------------------------------------------
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -573,6 +671,13 @@ class Plan:
     server_url: str | None = None
     avatar_id: str | None = None
     api_key: str = ""
+    # Batch jobs rendering during the backlog rounds (0: none run), the sessions then
+    # (None: the largest passing N) and the rounds of each priority setting.
+    batch_backlog: int = 0
+    backlog_sessions: int | None = None
+    backlog_repeats: int = 1
+    # The servers' DH_LIVE_FRAMES_PER_REQUEST (None: their default).
+    frames_per_request: int | None = None
 
 
 def _onnx_file(model: str) -> Path:
@@ -603,6 +708,8 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
                 # The search goes up to --max-sessions: the server must take that many.
                 "DH_MAX_SESSIONS": str(plan.max_sessions),
             }
+            if plan.frames_per_request is not None:
+                env["DH_LIVE_FRAMES_PER_REQUEST"] = str(plan.frames_per_request)
             with contextlib.ExitStack() as stack:
                 base = plan.server_url or stack.enter_context(serve(env, work / "serve.log"))
                 headers = {"Authorization": f"Bearer {plan.api_key}"} if plan.api_key else {}
@@ -624,6 +731,13 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
 
                 live_rounds = search(live, plan.max_sessions)
 
+            backlog = None
+            if plan.batch_backlog and plan.server_url:
+                _step("--batch-backlog needs the dh serve started here (it sets its settings)")
+            elif plan.batch_backlog:
+                n = plan.backlog_sessions or max(1, largest_passing(live_rounds))
+                backlog = backlog_rounds(plan, env, work, video, pcm, n, out)
+
             onnx_file = _onnx_file(plan.lipsync_model)
 
             def naive(n: int) -> Round:
@@ -636,6 +750,10 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
     figures = summary(live_rounds, naive_rounds, model_fps, codec)
     figures["bench_seconds"] = time.perf_counter() - started
     figures["lipsync_model"] = plan.lipsync_model
+    if plan.frames_per_request is not None:
+        figures["frames_per_request"] = plan.frames_per_request
+    if backlog is not None:
+        figures["backlog"] = backlog
     out(
         f"largest N with < {100 * LATE_LIMIT:g} % late frames: "
         f"live {figures['live_sessions_max']}, "
@@ -684,6 +802,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--avatar-id", help="its prepared avatar (default: upload ours)")
     parser.add_argument("--api-key", default="", help="its API key, if it asks for one")
+    parser.add_argument(
+        "--batch-backlog",
+        type=int,
+        default=0,
+        metavar="J",
+        help="then run the largest passing N again while J batch jobs render, with the live "
+        "priority (DH_LIVE_PRIORITY) on and off",
+    )
+    parser.add_argument(
+        "--backlog-sessions",
+        type=int,
+        metavar="N",
+        help="sessions of the backlog rounds (default: the largest passing N, at least 1)",
+    )
+    parser.add_argument(
+        "--backlog-repeats", type=int, default=1, metavar="R", help="backlog rounds per setting"
+    )
+    parser.add_argument(
+        "--frames-per-request",
+        type=int,
+        metavar="K",
+        help="the servers' DH_LIVE_FRAMES_PER_REQUEST (default: theirs)",
+    )
     args = parser.parse_args(argv)
     plan = Plan(
         seconds=args.seconds or (QUICK_SECONDS if args.quick else DEFAULT_SECONDS),
@@ -694,6 +835,10 @@ def main(argv: list[str] | None = None) -> int:
         server_url=args.server_url,
         avatar_id=args.avatar_id,
         api_key=args.api_key,
+        batch_backlog=args.batch_backlog,
+        backlog_sessions=args.backlog_sessions,
+        backlog_repeats=args.backlog_repeats,
+        frames_per_request=args.frames_per_request,
     )
     return run(plan, args.triton_url, lambda line: print(line, flush=True))
 
