@@ -23,8 +23,9 @@ least 1) run R more times (--backlog-repeats) on each of two fresh `dh serve`s w
 batch jobs (BACKLOG_SPEECH_S of speech each, all rendering at once, submitted anew each
 round) keep the lipsync model's queue full: one with DH_LIVE_PRIORITY on (live frames ask
 Triton for its highest priority), one with it off; the mean late-frame fraction of each
-goes into the JSON under "backlog". --frames-per-request sets the servers'
-DH_LIVE_FRAMES_PER_REQUEST (default: theirs).
+goes into the JSON under "backlog", with the round trip of live requests behind a batch
+client's backlog at Triton alone (no orchestrator, no codec), priority on and off.
+--frames-per-request sets the servers' DH_LIVE_FRAMES_PER_REQUEST (default: theirs).
 
 Latency is read from the pictures: the default model (the reference model) darkens the
 mouth with the loudness of its audio window, so the delay at which the mouth seen follows
@@ -59,12 +60,14 @@ import numpy as np
 from benchmarks import model_rate
 from benchmarks.codec_rate import fixed_face
 from benchmarks.common import REPO, WAV2LIP_MODEL, triton_for_benchmark, wav2lip_onnx
+from orchestrator.models import load_served_models
 from orchestrator.pipeline.avatar_cache import Avatar
 from orchestrator.pipeline.composite import composite_frame
 from orchestrator.pipeline.infer import PIXEL_MAX, face_stack
 from orchestrator.pipeline.mel import mel_spectrogram, mel_window
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
+from orchestrator.triton import DEFAULT_PRIORITY, HIGHEST_PRIORITY, ModelSpec, TritonClient
 from synthmedia.audio import SPEECH_RATE, continuous_speech, write_audio
 from synthmedia.avatar import mouth_region, write_avatar_video
 
@@ -610,6 +613,70 @@ def batch_backlog(
                     client.delete(f"/v1/jobs/{job_id}")
 
 
+async def live_requests_behind_backlog(
+    settings: Settings, frames_per_request: int, seconds: float
+) -> dict[str, Any]:
+    """Triton alone: the round trip of a live session's lipsync requests (one every
+    `frames_per_request` frame periods) while a batch client keeps its requests of
+    DH_LIPSYNC_BATCH_SIZE frames queued at the model (DH_TRITON_MAX_IN_FLIGHT of them), with
+    the live requests at Triton's highest priority and at the default. No orchestrator and
+    no codec: what the priority does to the model's queue, apart from CPU shared with them."""
+    async with TritonClient(settings.triton_url) as probe:
+        served = await load_served_models(probe, settings)
+    figures: dict[str, Any] = {"live_request_frames": frames_per_request}
+    for label, priority in (("on", HIGHEST_PRIORITY), ("off", DEFAULT_PRIORITY)):
+        round_trips = await _round_trips_behind_backlog(
+            settings, served.lipsync, served.face_size, frames_per_request, priority, seconds
+        )
+        figures[f"live_request_p50_s_priority_{label}"] = percentile(round_trips, 50)
+        figures[f"live_request_p95_s_priority_{label}"] = percentile(round_trips, 95)
+    return figures
+
+
+async def _round_trips_behind_backlog(
+    settings: Settings,
+    lipsync: ModelSpec,
+    face_size: int,
+    frames_per_request: int,
+    priority: int,
+    seconds: float,
+) -> list[float]:
+    batch_inputs = model_rate.lipsync_inputs(
+        min(settings.lipsync_batch_size, lipsync.max_batch_size), face_size
+    )
+    live_inputs = model_rate.lipsync_inputs(frames_per_request, face_size)
+    period_s = frames_per_request / AVATAR_FPS
+    in_flight = settings.triton_max_in_flight
+    stop, flowing = asyncio.Event(), asyncio.Event()
+    round_trips: list[float] = []
+    async with (
+        TritonClient(settings.triton_url, max_in_flight=in_flight) as bulk,
+        TritonClient(settings.triton_url, priority=priority) as live,
+    ):
+
+        async def backlog() -> None:
+            while not stop.is_set():
+                await bulk.infer(lipsync.name, batch_inputs, ["pred"])
+                flowing.set()
+
+        async def one() -> None:
+            started = time.perf_counter()
+            await live.infer(lipsync.name, live_inputs, ["pred"])
+            round_trips.append(time.perf_counter() - started)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(in_flight):
+                group.create_task(backlog())
+            await flowing.wait()  # a batch answered: the queue holds the rest behind it
+            begin = time.perf_counter()
+            for index in range(int(seconds / period_s)):
+                # The live requests leave on the clock, as a session's planner sends them.
+                await asyncio.sleep(max(0.0, begin + index * period_s - time.perf_counter()))
+                group.create_task(one())
+            stop.set()
+    return round_trips
+
+
 def backlog_rounds(
     plan: Plan,
     env: dict[str, str],
@@ -737,6 +804,20 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
             elif plan.batch_backlog:
                 n = plan.backlog_sessions or max(1, largest_passing(live_rounds))
                 backlog = backlog_rounds(plan, env, work, video, pcm, n, out)
+                _step("live requests behind a batch backlog at Triton alone")
+                alone = asyncio.run(
+                    live_requests_behind_backlog(
+                        settings,
+                        plan.frames_per_request or settings.live_frames_per_request,
+                        plan.seconds,
+                    )
+                )
+                out(
+                    "Triton alone, live request round trip behind a batch backlog: p95 "
+                    f"{alone['live_request_p95_s_priority_on']:.3f} s priority on, "
+                    f"{alone['live_request_p95_s_priority_off']:.3f} s off"
+                )
+                backlog.update(alone)
 
             onnx_file = _onnx_file(plan.lipsync_model)
 

@@ -97,11 +97,10 @@ class _Spoken:
 
 @dataclass(frozen=True)
 class _Prediction:
-    """A group's lipsync answer: per frame its avatar picture, face crop and `pred` row."""
+    """A group's lipsync answer: by frame index, its avatar picture, the face crop the
+    model was given and its [1, 3, S, S] `pred` row."""
 
-    frames: list[np.ndarray]
-    given: list[np.ndarray]
-    pred: np.ndarray
+    rows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
     started: float
 
 
@@ -292,8 +291,8 @@ class Session:
             if remaining == 0:
                 request.cancel()
 
-        for row, frame in enumerate(spoken):
-            speech = asyncio.create_task(self._generated(request, row, frame.box))
+        for frame in spoken:
+            speech = asyncio.create_task(self._generated(request, frame))
             speech.add_done_callback(release)
             self._planned[frame.index].speech = speech
 
@@ -307,32 +306,43 @@ class Session:
             self._frames.close()
 
     async def _lipsync(self, group: list[_Spoken]) -> _Prediction:
-        """One lipsync request for the group's frames (their rows in order)."""
+        """One lipsync request for the group's frames whose pictures were read."""
         started = asyncio.get_running_loop().time()
-        frames = await asyncio.gather(*(asyncio.shield(frame.idle) for frame in group))
-        boxes = [frame.box for frame in group]
-        segments = [frame.segment for frame in group]
+        # asyncio.wait, not gather: a frame the emitter took before its picture was read has
+        # that read cancelled, and the request goes on for its neighbours without it.
+        await asyncio.wait([frame.idle for frame in group])
+        read = [f for f in group if not f.idle.cancelled() and f.idle.exception() is None]
+        if not read:
+            return _Prediction({}, started)
+        frames = [frame.idle.result() for frame in read]
+        boxes = [frame.box for frame in read]
+        segments = [frame.segment for frame in read]
         size = self._model.face_size
         mel, face, given = await run_blocking(self._pool, _inputs, frames, boxes, segments, size)
         result = await self._model.client.infer(
             self._model.name, {"mel": mel, "face": face}, ["pred"]
         )
-        return _Prediction(list(frames), given, result["pred"], started)
+        pred = result["pred"]
+        rows = {
+            frame.index: (picture, crop, pred[row : row + 1])
+            for row, (frame, picture, crop) in enumerate(zip(read, frames, given, strict=True))
+        }
+        return _Prediction(rows, started)
 
     async def _generated(
-        self, request: asyncio.Task[_Prediction], row: int, box: tuple[int, int, int, int]
+        self, request: asyncio.Task[_Prediction], frame: _Spoken
     ) -> tuple[np.ndarray, float]:
-        """Frame `row` of a group's request composited; with the time since the group's
+        """The frame composited from its group's request, with the time since the group's
         work started. Shielded: a frame dropped does not cancel its neighbours' request."""
         prediction = await asyncio.shield(request)
+        row = prediction.rows.get(frame.index)
+        if row is None:
+            # Its picture was never read: the emitter took the frame first, or the read failed.
+            failure = None if frame.idle.cancelled() else frame.idle.exception()
+            raise failure or asyncio.CancelledError()
+        picture, given, pred = row
         generated = await run_blocking(
-            self._pool,
-            _composite,
-            prediction.frames[row],
-            box,
-            prediction.pred[row : row + 1],
-            prediction.given[row],
-            self._model.composite,
+            self._pool, _composite, picture, frame.box, pred, given, self._model.composite
         )
         return generated, asyncio.get_running_loop().time() - prediction.started
 
