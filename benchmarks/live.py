@@ -3,6 +3,8 @@
     python -m benchmarks.live [--quick] [--triton-url HOST:PORT] [--lipsync-model NAME]
                               [--seconds S] [--size PX] [--max-sessions N]
                               [--server-url URL [--avatar-id ID] [--api-key KEY]]
+                              [--batch-backlog J [--backlog-sessions N] [--backlog-repeats R]]
+                              [--frames-per-request K]
 
 One run, one local Triton (started here unless --triton-url names one), one `dh serve`
 started here against it. For N sessions at once, each streams continuous speech (no pause
@@ -16,6 +18,15 @@ client), and the ratio of the frames per second the sessions sustain to the limi
 1/(1/model + 1/codec): model is the lip-sync model alone at saturation on Triton, codec the
 live path's own per-frame work alone (composite and the WebRTC video encoder, no model),
 both measured in this run. The last line is one JSON object with every figure.
+
+With --batch-backlog J, N sessions (--backlog-sessions, default the largest passing N, at
+least 1) run R more times (--backlog-repeats) on each of two fresh `dh serve`s while J
+batch jobs (BACKLOG_SPEECH_S of speech each, all rendering at once, submitted anew each
+round) keep the lipsync model's queue full: one with DH_LIVE_PRIORITY on (live frames ask
+Triton for its highest priority), one with it off; the mean late-frame fraction of each
+goes into the JSON under "backlog", with the round trip of live requests behind a batch
+client's backlog at Triton alone (no orchestrator, no codec), priority on and off.
+--frames-per-request sets the servers' DH_LIVE_FRAMES_PER_REQUEST (default: theirs).
 
 Latency is read from the pictures: a session is silent until its speech starts and the
 avatar is still, so the delay from the first loud block sent to the first frame whose
@@ -51,11 +62,13 @@ from benchmarks import model_rate
 from benchmarks.codec_rate import fixed_face
 from benchmarks.common import REPO, WAV2LIP_MODEL, triton_for_benchmark, wav2lip_onnx
 from orchestrator.live.tracks import video_frame
+from orchestrator.models import load_served_models
 from orchestrator.pipeline.avatar_cache import Avatar
 from orchestrator.pipeline.composite import composite_frame
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
-from synthmedia.audio import SPEECH_RATE, continuous_speech
+from orchestrator.triton import DEFAULT_PRIORITY, HIGHEST_PRIORITY, ModelSpec, TritonClient
+from synthmedia.audio import SPEECH_RATE, continuous_speech, write_audio
 from synthmedia.avatar import mouth_region, write_avatar_video
 
 AVATAR_FPS = 25
@@ -90,6 +103,9 @@ START_DEADLINE_S, READY_DEADLINE_S, POLL_S = 60.0, 300.0, 0.1
 RTP_VIDEO_CLOCK = 90000
 PR_SET_PDEATHSIG = 1
 EXIT_REFUSED = 2
+# Speech per batch job of --batch-backlog: longer than a round, so the jobs' lipsync
+# requests queue at Triton for all of it (the JSON says how many still ran at its end).
+BACKLOG_SPEECH_S = 60.0
 
 
 def _step(message: str) -> None:
@@ -601,6 +617,154 @@ def codec_fps(avatar: Avatar, face_size: int, frames: int, threads: int) -> floa
     return each * threads / (time.perf_counter() - started)
 
 
+# --- live sessions next to a batch backlog ----------------------------------------------
+
+
+def _job_states(client: httpx.Client, job_ids: list[str]) -> list[str]:
+    return [str(client.get(f"/v1/jobs/{job_id}").json()["state"]) for job_id in job_ids]
+
+
+@contextlib.contextmanager
+def batch_backlog(
+    base: str, api_key: str, avatar_id: str, audio: Path, jobs: int
+) -> Iterator[Callable[[], int]]:
+    """`jobs` batch jobs on the avatar, submitted and rendering (all running) when this
+    enters; yields a function counting those still running; cancels them on leaving."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=base, headers=headers, timeout=60.0) as client:
+        job_ids = []
+        for _ in range(jobs):
+            reply = client.post(
+                "/v1/jobs",
+                files={"audio": (audio.name, audio.read_bytes())},
+                data={"avatar_id": avatar_id},
+            )
+            reply.raise_for_status()
+            job_ids.append(str(reply.json()["id"]))
+        deadline = time.monotonic() + READY_DEADLINE_S
+        while (states := _job_states(client, job_ids)).count("running") < jobs:
+            if any(state not in ("queued", "running") for state in states):
+                raise SystemExit(f"a backlog job stopped before the round: {states}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the backlog jobs did not all start: {states}")
+            time.sleep(POLL_S)
+        try:
+            yield lambda: _job_states(client, job_ids).count("running")
+        finally:
+            for job_id in job_ids:
+                with contextlib.suppress(httpx.HTTPError):
+                    client.delete(f"/v1/jobs/{job_id}")
+
+
+async def live_requests_behind_backlog(
+    settings: Settings, frames_per_request: int, seconds: float
+) -> dict[str, Any]:
+    """Triton alone: the round trip of a live session's lipsync requests (one every
+    `frames_per_request` frame periods) while a batch client keeps its requests of
+    DH_LIPSYNC_BATCH_SIZE frames queued at the model (DH_TRITON_MAX_IN_FLIGHT of them), with
+    the live requests at Triton's highest priority and at the default. No orchestrator and
+    no codec: what the priority does to the model's queue, apart from CPU shared with them."""
+    async with TritonClient(settings.triton_url) as probe:
+        served = await load_served_models(probe, settings)
+    figures: dict[str, Any] = {"live_request_frames": frames_per_request}
+    for label, priority in (("on", HIGHEST_PRIORITY), ("off", DEFAULT_PRIORITY)):
+        round_trips = await _round_trips_behind_backlog(
+            settings, served.lipsync, served.face_size, frames_per_request, priority, seconds
+        )
+        figures[f"live_request_p50_s_priority_{label}"] = percentile(round_trips, 50)
+        figures[f"live_request_p95_s_priority_{label}"] = percentile(round_trips, 95)
+    return figures
+
+
+async def _round_trips_behind_backlog(
+    settings: Settings,
+    lipsync: ModelSpec,
+    face_size: int,
+    frames_per_request: int,
+    priority: int,
+    seconds: float,
+) -> list[float]:
+    batch_inputs = model_rate.lipsync_inputs(
+        min(settings.lipsync_batch_size, lipsync.max_batch_size), face_size
+    )
+    live_inputs = model_rate.lipsync_inputs(frames_per_request, face_size)
+    period_s = frames_per_request / AVATAR_FPS
+    in_flight = settings.triton_max_in_flight
+    stop, flowing = asyncio.Event(), asyncio.Event()
+    round_trips: list[float] = []
+    async with (
+        TritonClient(settings.triton_url, max_in_flight=in_flight) as bulk,
+        TritonClient(settings.triton_url, priority=priority) as live,
+    ):
+
+        async def backlog() -> None:
+            while not stop.is_set():
+                await bulk.infer(lipsync.name, batch_inputs, ["pred"])
+                flowing.set()
+
+        async def one() -> None:
+            started = time.perf_counter()
+            await live.infer(lipsync.name, live_inputs, ["pred"])
+            round_trips.append(time.perf_counter() - started)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(in_flight):
+                group.create_task(backlog())
+            await flowing.wait()  # a batch answered: the queue holds the rest behind it
+            begin = time.perf_counter()
+            for index in range(int(seconds / period_s)):
+                # The live requests leave on the clock, as a session's planner sends them.
+                await asyncio.sleep(max(0.0, begin + index * period_s - time.perf_counter()))
+                group.create_task(one())
+            stop.set()
+    return round_trips
+
+
+def backlog_rounds(
+    plan: Plan,
+    env: dict[str, str],
+    work: Path,
+    video: Path,
+    pcm: np.ndarray,
+    n: int,
+    out: Callable[[str], None],
+) -> dict[str, Any]:
+    """N sessions while `plan.batch_backlog` batch jobs render, with DH_LIVE_PRIORITY on
+    and off (a fresh `dh serve` each, on the same Triton)."""
+    audio = work / "backlog.wav"
+    write_audio(audio, continuous_speech(BACKLOG_SPEECH_S, seed=1))
+    region = mouth_region((plan.size, plan.size))
+    rounds: dict[str, Any] = {"jobs": plan.batch_backlog, "sessions": n}
+    for priority in (True, False):
+        label = "on" if priority else "off"
+        settings = {
+            **env,
+            "DH_LIVE_PRIORITY": str(priority).lower(),
+            # Every job renders at once: the backlog is at Triton, not in the job queue.
+            "DH_MAX_RUNNING_JOBS": str(max(1, plan.batch_backlog)),
+            "DH_MAX_SESSIONS": str(n),
+            "DH_DATA_DIR": str(work / f"server-data-priority-{label}"),
+        }
+        with serve(settings, work / f"serve-priority-{label}.log") as base:
+            avatar_id = register_avatar(base, video)
+            results, still = [], []
+            for _ in range(plan.backlog_repeats):
+                _step(f"{n} live session(s), {plan.batch_backlog} batch job(s), priority {label}")
+                with batch_backlog(base, "", avatar_id, audio, plan.batch_backlog) as running:
+                    result = asyncio.run(live_round(base, "", avatar_id, pcm, n, region))
+                    still.append(running())
+                out(
+                    f"{render_row('backlog', result)}  priority {label}, "
+                    f"{still[-1]} job(s) still running"
+                )
+                results.append(result)
+        rounds[f"late_priority_{label}"] = float(np.mean([r.late for r in results]))
+        rounds[f"rounds_priority_{label}"] = [asdict(r) for r in results]
+        # Fewer than J at a round's end: the backlog did not cover all of that round.
+        rounds[f"jobs_running_after_priority_{label}"] = still
+    return rounds
+
+
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -616,6 +780,13 @@ class Plan:
     server_url: str | None = None
     avatar_id: str | None = None
     api_key: str = ""
+    # Batch jobs rendering during the backlog rounds (0: none run), the sessions then
+    # (None: the largest passing N) and the rounds of each priority setting.
+    batch_backlog: int = 0
+    backlog_sessions: int | None = None
+    backlog_repeats: int = 1
+    # The servers' DH_LIVE_FRAMES_PER_REQUEST (None: their default).
+    frames_per_request: int | None = None
 
 
 def _onnx_file(model: str) -> Path:
@@ -647,6 +818,8 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
                 # The search goes up to --max-sessions: the server must take that many.
                 "DH_MAX_SESSIONS": str(plan.max_sessions),
             }
+            if plan.frames_per_request is not None:
+                env["DH_LIVE_FRAMES_PER_REQUEST"] = str(plan.frames_per_request)
             with contextlib.ExitStack() as stack:
                 base = plan.server_url or stack.enter_context(serve(env, work / "serve.log"))
                 headers = {"Authorization": f"Bearer {plan.api_key}"} if plan.api_key else {}
@@ -668,6 +841,27 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
 
                 live_rounds = search(live, plan.max_sessions)
 
+            backlog = None
+            if plan.batch_backlog and plan.server_url:
+                _step("--batch-backlog needs the dh serve started here (it sets its settings)")
+            elif plan.batch_backlog:
+                n = plan.backlog_sessions or max(1, largest_passing(live_rounds))
+                backlog = backlog_rounds(plan, env, work, video, pcm, n, out)
+                _step("live requests behind a batch backlog at Triton alone")
+                alone = asyncio.run(
+                    live_requests_behind_backlog(
+                        settings,
+                        plan.frames_per_request or settings.live_frames_per_request,
+                        plan.seconds,
+                    )
+                )
+                out(
+                    "Triton alone, live request round trip behind a batch backlog: p95 "
+                    f"{alone['live_request_p95_s_priority_on']:.3f} s priority on, "
+                    f"{alone['live_request_p95_s_priority_off']:.3f} s off"
+                )
+                backlog.update(alone)
+
             onnx_file = _onnx_file(plan.lipsync_model)
             with serve_naive(onnx_file, avatar, mode, work / "naive.log") as naive_base:
 
@@ -681,6 +875,10 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
     figures = summary(live_rounds, naive_rounds, model_fps, codec)
     figures["bench_seconds"] = time.perf_counter() - started
     figures["lipsync_model"] = plan.lipsync_model
+    if plan.frames_per_request is not None:
+        figures["frames_per_request"] = plan.frames_per_request
+    if backlog is not None:
+        figures["backlog"] = backlog
     out(
         f"largest N with < {100 * LATE_LIMIT:g} % late frames: "
         f"live {figures['live_sessions_max']}, "
@@ -730,6 +928,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--avatar-id", help="its prepared avatar (default: upload ours)")
     parser.add_argument("--api-key", default="", help="its API key, if it asks for one")
+    parser.add_argument(
+        "--batch-backlog",
+        type=int,
+        default=0,
+        metavar="J",
+        help="then run the largest passing N again while J batch jobs render, with the live "
+        "priority (DH_LIVE_PRIORITY) on and off",
+    )
+    parser.add_argument(
+        "--backlog-sessions",
+        type=int,
+        metavar="N",
+        help="sessions of the backlog rounds (default: the largest passing N, at least 1)",
+    )
+    parser.add_argument(
+        "--backlog-repeats", type=int, default=1, metavar="R", help="backlog rounds per setting"
+    )
+    parser.add_argument(
+        "--frames-per-request",
+        type=int,
+        metavar="K",
+        help="the servers' DH_LIVE_FRAMES_PER_REQUEST (default: theirs)",
+    )
     args = parser.parse_args(argv)
     plan = Plan(
         seconds=args.seconds or (QUICK_SECONDS if args.quick else DEFAULT_SECONDS),
@@ -740,6 +961,10 @@ def main(argv: list[str] | None = None) -> int:
         server_url=args.server_url,
         avatar_id=args.avatar_id,
         api_key=args.api_key,
+        batch_backlog=args.batch_backlog,
+        backlog_sessions=args.backlog_sessions,
+        backlog_repeats=args.backlog_repeats,
+        frames_per_request=args.frames_per_request,
     )
     return run(plan, args.triton_url, lambda line: print(line, flush=True))
 

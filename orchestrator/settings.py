@@ -373,6 +373,21 @@ class Settings(BaseSettings):
         "store (any replica's GET answers from them) and reads a DELETE sent to another "
         "replica; a session not written for 3 times this plus 2 s is taken as ended",
     )
+    live_priority: bool = Field(
+        True,
+        description="live sessions' lipsync requests ask Triton for its highest priority, so "
+        "a batch backlog queued at the model does not make a live face stutter (the lipsync "
+        "config's priority_levels; batch jobs take its default, lower level)",
+    )
+    live_frames_per_request: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="consecutive frames a live session sends in one lipsync request (fewer "
+        "Triton requests per frame); a request waits for its last frame's audio, so fewer go "
+        "together where that wait would take over half the render time DH_LIVE_LATENCY_S "
+        "leaves its first frame, and never more than the model's max_batch_size",
+    )
     ice_servers: list[IceServer] = Field(
         default_factory=list,
         description='STUN/TURN servers offered to WebRTC peers, as JSON: [{"urls": '

@@ -56,6 +56,11 @@ MAX_RECONNECT_BACKOFF_MS = 1000
 # buffer (256 KiB by default; a lipsync batch is megabytes), and `_call` already retries
 # every RPC within one deadline that the readiness gate understands.
 SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# Triton's request priority: 1 is the highest level; 0 asks for the model's
+# `default_priority_level`. A model without `priority_levels` ignores it (every request is
+# served in arrival order), so asking is always safe.
+HIGHEST_PRIORITY = 1
+DEFAULT_PRIORITY = 0
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,8 @@ class ModelSpec:
     preferred_batch_sizes: tuple[int, ...]
     max_queue_delay_us: int
     max_queue_size: int
+    # The dynamic batcher's priority levels (0: none, every request in arrival order).
+    priority_levels: int = 0
     # The config's `parameters` with a string value: how the pipeline should use the model
     # (the lipsync model's "composite" mode).
     parameters: dict[str, str] = field(default_factory=dict)
@@ -138,6 +145,7 @@ class TritonClient:
         request_timeout_s: float = 60.0,
         retry_deadline_s: float = 10.0,
         max_in_flight: int = 8,
+        priority: int = DEFAULT_PRIORITY,
     ) -> None:
         self.url = url
         # Validated before any channel exists: a malformed DH_TRITON_URL is a start-up error.
@@ -145,6 +153,9 @@ class TritonClient:
         self.request_timeout_s = request_timeout_s
         self.retry_deadline_s = retry_deadline_s
         self.max_in_flight = max_in_flight
+        # Every inference request of this client asks for this level (HIGHEST_PRIORITY for
+        # live frames, whose deadline is a frame period away).
+        self.priority = priority
         self._client = grpcclient.InferenceServerClient(
             self.target.target, channel_args=_channel_args()
         )
@@ -285,6 +296,7 @@ class TritonClient:
             preferred_batch_sizes=tuple(batching.preferred_batch_size),
             max_queue_delay_us=batching.max_queue_delay_microseconds,
             max_queue_size=batching.default_queue_policy.max_queue_size,
+            priority_levels=batching.priority_levels,
             parameters={key: p.string_value for key, p in config.parameters.items()},
         )
 
@@ -323,6 +335,7 @@ class TritonClient:
                 model,
                 request_inputs,
                 outputs=requested,
+                priority=self.priority,
                 client_timeout=timeout_s,
             )
 

@@ -38,3 +38,11 @@ def test_config_is_set_up_for_batched_gpu_serving(model: str) -> None:
     for warmup in config.model_warmup:
         assert set(warmup.inputs) == inputs, "warm-up feeds every input"
         assert 1 <= warmup.batch_size <= config.max_batch_size
+
+
+def test_lipsync_serves_live_frames_before_batch_work() -> None:
+    batching = read_config(MODEL_REPOSITORY / "lipsync").dynamic_batching
+    # Live sessions ask for level 1 (orchestrator.triton.HIGHEST_PRIORITY); batch jobs ask
+    # for none and get the default, which must be the lower level.
+    assert batching.priority_levels >= 2
+    assert batching.default_priority_level == batching.priority_levels

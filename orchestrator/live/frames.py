@@ -26,6 +26,10 @@ from orchestrator.pipeline.mel import (
 # Mel frames computed before the window's first one: 2 for the reflection pad a slice's
 # start gets (half an n_fft window is 2 hops), 1 more for the preemphasis history.
 LOOKBACK_FRAMES = 3
+# A lipsync request of several frames is sent once its last frame's audio is final; the
+# wait may take at most this share of the first frame's render time (from its audio being
+# final to the moment it plays), the rest is left for inference and the composite.
+GROUP_WAIT_SHARE = 0.5
 
 
 def window_span(index: int, fps: Fraction) -> tuple[int, int]:
@@ -53,6 +57,20 @@ def final_at(index: int, fps: Fraction, latency_s: float) -> float:
     speech is never placed before "now + latency", so the window is final once the clock
     is `latency_s` before the window's end."""
     return window_span(index, fps)[1] / SAMPLE_RATE - latency_s
+
+
+def group_size(index: int, frames_per_request: int, fps: Fraction, latency_s: float) -> int:
+    """How many frames from `index` on go in one lipsync request: up to
+    `frames_per_request`, as long as waiting for the last one's audio (final in frame
+    order, 1/fps apart) takes at most GROUP_WAIT_SHARE of frame `index`'s render time."""
+    first_final = final_at(index, fps, latency_s)
+    budget = GROUP_WAIT_SHARE * (due_at(index, fps) - first_final)
+    size = 1
+    while (
+        size < frames_per_request and final_at(index + size, fps, latency_s) - first_final <= budget
+    ):
+        size += 1
+    return size
 
 
 def avatar_index(index: int, frame_count: int) -> int:

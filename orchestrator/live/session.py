@@ -1,10 +1,12 @@
 """One live session: a clock at the avatar's frame rate, a speech timeline, a frame loop.
 
 Two tasks run on the session's one clock (`loop.time()` at start plus frame times):
-- the planner starts frame i's work as soon as its audio is final (frames.final_at): a
-  read of the avatar's own frame (ping-pong walk) and, when speech reaches the frame's mel
-  window, a small lipsync request through the shared Triton client (Triton's dynamic
-  batcher merges the sessions' requests) and a composite on the shared pool;
+- the planner starts the work of a few consecutive frames (frames.group_size, up to
+  DH_LIVE_FRAMES_PER_REQUEST) as soon as the last one's audio is final (frames.final_at):
+  a read of each frame's avatar picture (ping-pong walk) and, for those whose mel window
+  speech reaches, one small lipsync request through the shared Triton client (Triton's
+  dynamic batcher merges the sessions' requests), then each frame's composite on the
+  shared pool;
 - the emitter publishes frame i at exactly its time: the lip-synced frame when it is done,
   else the idle frame and a late count. Times come from the clock, never from counting
   sleeps, so a session that cannot keep up shows idle frames and never drifts.
@@ -71,6 +73,9 @@ class LiveModel:
     name: str
     face_size: int
     composite: CompositeMode
+    # Frames one lipsync request carries at most (DH_LIVE_FRAMES_PER_REQUEST, within the
+    # model's max_batch_size).
+    frames_per_request: int = 1
 
 
 @dataclass
@@ -78,6 +83,25 @@ class _Planned:
     generation: int
     idle: asyncio.Task[np.ndarray]
     speech: asyncio.Task[tuple[np.ndarray, float]] | None
+
+
+@dataclass(frozen=True)
+class _Spoken:
+    """A frame of a group that speech reaches: what its lipsync request needs."""
+
+    index: int
+    idle: asyncio.Task[np.ndarray]
+    box: tuple[int, int, int, int]
+    segment: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Prediction:
+    """A group's lipsync answer: by frame index, its avatar picture, the face crop the
+    model was given and its [1, 3, S, S] `pred` row."""
+
+    rows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    started: float
 
 
 @dataclass
@@ -119,6 +143,7 @@ class Session:
         self._timeline = Timeline(latency_s + max_queued_s + 2 * KEEP_BEHIND_S)
         self._generation = 0  # bumped by interrupt: work planned before it is dropped
         self._planned: dict[int, _Planned] = {}
+        self._requests: set[asyncio.Task[_Prediction]] = set()  # lipsync requests running
         self._next_due = 0  # the next frame the emitter publishes
         self._published = asyncio.Event()
         self._frame: tuple[int, np.ndarray] | None = None
@@ -227,24 +252,49 @@ class Session:
 
     async def _plan(self) -> None:
         index = 0
+        per_request = self._model.frames_per_request
         while True:
-            await self.until(live.final_at(index, self.fps, self._latency_s))
             # A starved loop may wake the emitter first: frames it already passed are not
             # planned (nobody would take them).
             index = max(index, self._next_due)
-            self._planned[index] = self._plan_frame(index)
-            index += 1
+            size = live.group_size(index, per_request, self.fps, self._latency_s)
+            await self.until(live.final_at(index + size - 1, self.fps, self._latency_s))
+            if index < self._next_due:
+                continue  # passed while waiting: the group starts where the emitter is
+            self._plan_group(index, size)
+            index += size
 
-    def _plan_frame(self, index: int) -> _Planned:
-        source = live.avatar_index(index, self.avatar.frame_count)
-        idle = asyncio.create_task(run_blocking(self._pool, self._read, source))
-        box = live.face_box(self.avatar.boxes, source)
-        start, end = live.window_span(index, self.fps)
-        speech = None
-        if box is not None and self._timeline.has_speech(start, end):
-            segment = self._timeline.read(start, end - start)
-            speech = asyncio.create_task(self._lipsync(idle, box, segment))
-        return _Planned(self._generation, idle, speech)
+    def _plan_group(self, first: int, size: int) -> None:
+        """Plans frames first..first+size-1, whose audio is final: each one's avatar read,
+        and one lipsync request for those that speech reaches."""
+        spoken: list[_Spoken] = []
+        for index in range(first, first + size):
+            source = live.avatar_index(index, self.avatar.frame_count)
+            idle = asyncio.create_task(run_blocking(self._pool, self._read, source))
+            self._planned[index] = _Planned(self._generation, idle, None)
+            box = live.face_box(self.avatar.boxes, source)
+            start, end = live.window_span(index, self.fps)
+            if box is not None and self._timeline.has_speech(start, end):
+                spoken.append(_Spoken(index, idle, box, self._timeline.read(start, end - start)))
+        if not spoken:
+            return
+        request = asyncio.create_task(self._lipsync(spoken))
+        self._requests.add(request)
+        request.add_done_callback(self._requests.discard)
+        remaining = len(spoken)
+
+        def release(_: object) -> None:
+            # The request lives while a frame of its group may still show its answer: once
+            # every one is done, dropped or interrupted, nobody would take it.
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                request.cancel()
+
+        for frame in spoken:
+            speech = asyncio.create_task(self._generated(request, frame))
+            speech.add_done_callback(release)
+            self._planned[frame.index].speech = speech
 
     def _read(self, index: int) -> np.ndarray:
         with self._frames_lock:
@@ -255,23 +305,46 @@ class Session:
         with self._frames_lock:
             self._frames.close()
 
-    async def _lipsync(
-        self,
-        idle: asyncio.Task[np.ndarray],
-        box: tuple[int, int, int, int],
-        segment: np.ndarray,
-    ) -> tuple[np.ndarray, float]:
+    async def _lipsync(self, group: list[_Spoken]) -> _Prediction:
+        """One lipsync request for the group's frames whose pictures were read."""
         started = asyncio.get_running_loop().time()
-        frame = await asyncio.shield(idle)
+        # asyncio.wait, not gather: a frame the emitter took before its picture was read has
+        # that read cancelled, and the request goes on for its neighbours without it.
+        await asyncio.wait([frame.idle for frame in group])
+        read = [f for f in group if not f.idle.cancelled() and f.idle.exception() is None]
+        if not read:
+            return _Prediction({}, started)
+        frames = [frame.idle.result() for frame in read]
+        boxes = [frame.box for frame in read]
+        segments = [frame.segment for frame in read]
         size = self._model.face_size
-        mel, face, given = await run_blocking(self._pool, _inputs, frame, box, segment, size)
+        mel, face, given = await run_blocking(self._pool, _inputs, frames, boxes, segments, size)
         result = await self._model.client.infer(
             self._model.name, {"mel": mel, "face": face}, ["pred"]
         )
+        pred = result["pred"]
+        rows = {
+            frame.index: (picture, crop, pred[row : row + 1])
+            for row, (frame, picture, crop) in enumerate(zip(read, frames, given, strict=True))
+        }
+        return _Prediction(rows, started)
+
+    async def _generated(
+        self, request: asyncio.Task[_Prediction], frame: _Spoken
+    ) -> tuple[np.ndarray, float]:
+        """The frame composited from its group's request, with the time since the group's
+        work started. Shielded: a frame dropped does not cancel its neighbours' request."""
+        prediction = await asyncio.shield(request)
+        row = prediction.rows.get(frame.index)
+        if row is None:
+            # Its picture was never read: the emitter took the frame first, or the read failed.
+            failure = None if frame.idle.cancelled() else frame.idle.exception()
+            raise failure or asyncio.CancelledError()
+        picture, given, pred = row
         generated = await run_blocking(
-            self._pool, _composite, frame, box, result["pred"], given, self._model.composite
+            self._pool, _composite, picture, frame.box, pred, given, self._model.composite
         )
-        return generated, asyncio.get_running_loop().time() - started
+        return generated, asyncio.get_running_loop().time() - prediction.started
 
     async def _emit(self) -> None:
         index = 0
@@ -348,7 +421,9 @@ class Session:
             planned.idle.cancel()
             if planned.speech is not None:
                 planned.speech.cancel()
-        pending: list[asyncio.Future[Any]] = [*self._tasks]
+        for request in self._requests:
+            request.cancel()
+        pending: list[asyncio.Future[Any]] = [*self._tasks, *self._requests]
         pending += [p.idle for p in self._planned.values()]
         pending += [p.speech for p in self._planned.values() if p.speech is not None]
         self._planned.clear()
@@ -366,12 +441,18 @@ class Session:
 
 
 def _inputs(
-    frame: np.ndarray, box: tuple[int, int, int, int], segment: np.ndarray, size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One frame's lipsync inputs ([1, 1, 80, 16] mel, [1, 6, S, S] face) and its crop."""
-    mel = live.frame_mel_window(segment)[None, None].astype(np.float32)
-    face = face_stack(frame, box, size)[None]
-    return mel, face, face_crop(frame, box, size)
+    frames: list[np.ndarray],
+    boxes: list[tuple[int, int, int, int]],
+    segments: list[np.ndarray],
+    size: int,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """A group's lipsync inputs ([B, 1, 80, 16] mel, [B, 6, S, S] face) and its crops."""
+    mel = np.stack([live.frame_mel_window(segment)[None] for segment in segments])
+    face = np.stack(
+        [face_stack(frame, box, size) for frame, box in zip(frames, boxes, strict=True)]
+    )
+    given = [face_crop(frame, box, size) for frame, box in zip(frames, boxes, strict=True)]
+    return mel.astype(np.float32), face, given
 
 
 def _composite(

@@ -47,7 +47,7 @@ from orchestrator.pipeline.avatar_cache import Avatar, load_avatar
 from orchestrator.pipeline.runner import Engine
 from orchestrator.settings import Settings
 from orchestrator.storage import Storage
-from orchestrator.triton import TritonClient
+from orchestrator.triton import DEFAULT_PRIORITY, HIGHEST_PRIORITY, TritonClient
 
 log = logging.getLogger(__name__)
 STAGE = "sessions"
@@ -89,7 +89,8 @@ class Sessions:
         self._metrics = metrics
         # Live frames have a deadline: a client of their own, so a batch job's requests in
         # flight (the engine's client is bounded by DH_TRITON_MAX_IN_FLIGHT) never queue
-        # them in this process. Triton's dynamic batcher still merges them all.
+        # them in this process. Triton's dynamic batcher still merges them all, and serves
+        # them first where the model has priority levels (DH_LIVE_PRIORITY).
         self._client = TritonClient(
             settings.triton_url,
             request_timeout_s=settings.triton_request_timeout_s,
@@ -97,6 +98,7 @@ class Sessions:
             max_in_flight=max(
                 settings.triton_max_in_flight, LIVE_IN_FLIGHT_PER_SESSION * settings.max_sessions
             ),
+            priority=HIGHEST_PRIORITY if settings.live_priority else DEFAULT_PRIORITY,
         )
         self._client.observer = metrics
         self._sessions: dict[str, Session] = {}
@@ -408,7 +410,13 @@ class Sessions:
             except PipelineError:  # this role never started the engine
                 served = await load_served_models(self._client, self.settings)
             self._model = LiveModel(
-                self._client, served.lipsync.name, served.face_size, served.composite
+                self._client,
+                served.lipsync.name,
+                served.face_size,
+                served.composite,
+                frames_per_request=max(
+                    1, min(self.settings.live_frames_per_request, served.lipsync.max_batch_size)
+                ),
             )
         return self._model
 

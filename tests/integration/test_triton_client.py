@@ -15,7 +15,7 @@ from orchestrator.errors import ContractMismatch, TritonRejected, TritonUnavaila
 from orchestrator.models import check_lipsync, load_served_models
 from orchestrator.pipeline.composite import CompositeMode
 from orchestrator.settings import Settings
-from orchestrator.triton import TritonClient
+from orchestrator.triton import HIGHEST_PRIORITY, TritonClient
 from tests.conftest import WAV2LIP_MODEL, TritonAddress
 
 
@@ -52,6 +52,21 @@ async def test_reference_model_matches_its_formula_through_triton(
     mel = rng.uniform(-4, 4, (4, 1, 80, 16)).astype(np.float32)
     face = rng.uniform(0, 1, (4, 6, 96, 96)).astype(np.float32)
     out = await triton_client.infer("lipsync", {"mel": mel, "face": face}, ["pred"])
+    np.testing.assert_allclose(out["pred"], expected_prediction(mel, face), atol=1e-5)
+
+
+async def test_live_frames_ask_for_the_highest_priority_and_are_served(
+    triton_client: TritonClient, settings: Settings
+) -> None:
+    # Both lipsync models load with two priority levels (the Wav2Lip one's config is
+    # written from the committed one, as modelkit.build writes every generator size's).
+    for model in ("lipsync", WAV2LIP_MODEL):
+        assert (await triton_client.model_spec(model)).priority_levels == 2
+    rng = np.random.default_rng(5)
+    mel = rng.uniform(-4, 4, (3, 1, 80, 16)).astype(np.float32)
+    face = rng.uniform(0, 1, (3, 6, 96, 96)).astype(np.float32)
+    async with TritonClient(settings.triton_url, priority=HIGHEST_PRIORITY) as live:
+        out = await live.infer("lipsync", {"mel": mel, "face": face}, ["pred"])
     np.testing.assert_allclose(out["pred"], expected_prediction(mel, face), atol=1e-5)
 
 

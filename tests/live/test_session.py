@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamTrack
 
-from orchestrator.live.frames import avatar_index
+from modelkit.talking import expected_prediction
+from orchestrator.live.frames import avatar_index, face_box, frame_mel_window, window_span
 from orchestrator.live.session import LiveModel, Session
 from orchestrator.live.tracks import VIDEO_CLOCK, SessionAudioTrack, SessionVideoTrack
 from orchestrator.models import load_served_models
 from orchestrator.pipeline.avatar_cache import Avatar, load_avatar
+from orchestrator.pipeline.composite import composite_frame
+from orchestrator.pipeline.infer import face_crop, face_stack, pred_to_crops
 from orchestrator.pipeline.mel import SAMPLE_RATE
 from orchestrator.settings import Settings
 from orchestrator.triton import TritonClient
@@ -31,14 +34,21 @@ CHANGED = 1.0
 
 @pytest.fixture
 async def session(
-    triton: TritonAddress, avatar_cache: Path, tmp_path: Path
+    triton: TritonAddress, avatar_cache: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Session]:
+    """A session on the test avatar; parametrized indirectly: frames per lipsync request."""
     settings = Settings(triton_url=triton.grpc_url, data_dir=tmp_path)
     avatar = load_avatar(avatar_cache)
     assert avatar is not None
     async with TritonClient(settings.triton_url, max_in_flight=8) as client:
         served = await load_served_models(client, settings)
-        model = LiveModel(client, served.lipsync.name, served.face_size, served.composite)
+        model = LiveModel(
+            client,
+            served.lipsync.name,
+            served.face_size,
+            served.composite,
+            frames_per_request=getattr(request, "param", 1),
+        )
         with ThreadPoolExecutor(2) as pool:
             live = Session("test", avatar, model, pool, latency_s=LATENCY_S, max_queued_s=5.0)
             await live.start()
@@ -75,6 +85,8 @@ async def test_silence_shows_the_avatars_own_frames_walked_back_and_forth(
     assert exact >= count // 2
 
 
+# 3 frames per request: the same pictures (each frame keeps its own mel window).
+@pytest.mark.parametrize("session", [1, 3], indirect=True)
 async def test_speech_moves_the_mouth_and_only_while_it_plays(session: Session) -> None:
     seen, _ = await session.next_frame(-1)
     speech = voiced_speech(1.0).astype(np.float32)
@@ -98,6 +110,41 @@ async def test_speech_moves_the_mouth_and_only_while_it_plays(session: Session) 
     assert session.stats.latencies_s
 
 
+@pytest.mark.parametrize("session", [3], indirect=True)
+async def test_each_frame_of_a_request_shows_the_mouth_of_its_own_audio(
+    session: Session,
+) -> None:
+    seen, _ = await session.next_frame(-1)
+    session.queue_speech(voiced_speech(1.0).astype(np.float32))
+    # Every window this speech reaches lies ahead of the clock (by the latency): read now,
+    # it is exactly the audio the session's requests will be given.
+    first = int(session.now() * session.fps)
+    windows = {}
+    for index in range(first, first + 60):
+        start, end = window_span(index, session.fps)
+        windows[index] = session.audio(start, end - start)
+    generated = 0
+    while seen < first + 59:
+        seen, frame = await session.next_frame(seen)
+        idle = _idle(session.avatar, seen)
+        if np.array_equal(frame, idle):
+            continue  # silence, or a late frame
+        box = face_box(session.avatar.boxes, avatar_index(seen, session.avatar.frame_count))
+        assert box is not None
+        size = session._model.face_size
+        mel = frame_mel_window(windows[seen])[None, None].astype(np.float32)
+        pred = expected_prediction(mel, face_stack(idle, box, size)[None])
+        crop = face_crop(idle, box, size)
+        mode = session._model.composite
+        expected = composite_frame(idle, box, pred_to_crops(pred)[0], crop, mode)
+        # One grey level: ONNX Runtime's float sums against numpy's, rounded to uint8.
+        difference = np.abs(frame.astype(np.int16) - expected).max()
+        assert difference <= 1, f"frame {seen}: {difference}"
+        generated += 1
+    assert generated >= 10
+
+
+@pytest.mark.parametrize("session", [1, 3], indirect=True)
 async def test_interrupt_brings_the_mouth_to_rest_within_three_frames(session: Session) -> None:
     seen, _ = await session.next_frame(-1)
     session.queue_speech(voiced_speech(3.0).astype(np.float32))

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from orchestrator.errors import BadInput
-from orchestrator.live.frames import due_at, final_at, frame_mel_window, window_span
+from orchestrator.live.frames import (
+    GROUP_WAIT_SHARE,
+    due_at,
+    final_at,
+    frame_mel_window,
+    group_size,
+    window_span,
+)
 from orchestrator.live.peer import host_addresses
 from orchestrator.live.speech import Resampler, Timeline, announced_rate, pcm_samples
 from orchestrator.pipeline.mel import SAMPLE_RATE, mel_spectrogram, mel_window
@@ -97,6 +104,26 @@ def test_a_frame_is_final_before_it_is_due_by_the_latency_less_the_look_ahead() 
     for index in (0, 10, 1000):
         budget = due_at(index, fps) - final_at(index, fps, 0.4)
         assert 0.18 < budget < 0.19  # 0.4 s less the 0.2 s window and half an STFT frame
+
+
+@pytest.mark.parametrize("fps", [Fraction(25), Fraction(30000, 1001), Fraction(60)])
+@pytest.mark.parametrize("latency_s", [0.3, 0.4, 1.0])
+def test_a_request_of_frames_waits_at_most_half_its_first_frames_render_time(
+    fps: Fraction, latency_s: float
+) -> None:
+    for index in (0, 7, 1000):
+        size = group_size(index, 16, fps, latency_s)
+        assert 1 <= size <= 16
+        render_s = due_at(index, fps) - final_at(index, fps, latency_s)
+        wait_s = final_at(index + size - 1, fps, latency_s) - final_at(index, fps, latency_s)
+        assert wait_s <= GROUP_WAIT_SHARE * render_s
+        assert group_size(index, 1, fps, latency_s) == 1
+
+
+def test_the_default_latency_sends_three_frames_per_request_at_most() -> None:
+    assert group_size(10, 2, Fraction(25), 0.4) == 2
+    assert group_size(10, 8, Fraction(25), 0.4) == 3
+    assert group_size(10, 8, Fraction(25), 1.0) == 8
 
 
 def test_host_candidates_can_be_limited_to_given_addresses() -> None:
