@@ -20,7 +20,7 @@ from websockets.asyncio.client import connect
 from synthmedia.audio import voiced_speech
 from tests.api.conftest import AVATAR_FPS, ServerFactory, register_avatar
 from tests.api.server import ApiServer
-from tests.live.client import webrtc_peer
+from tests.live.client import Microphone, webrtc_peer
 from tests.outage import KillableTriton
 
 T = TypeVar("T")
@@ -286,15 +286,23 @@ async def _proc_counts(server: ApiServer, http: httpx.AsyncClient) -> dict[str, 
 
 
 async def _cycle(server: ApiServer, http: httpx.AsyncClient, avatar_id: str, cycle: int) -> None:
-    """A session opened, a peer connected and fed a few frames (every fifth cycle some
-    speech too), then the peer closed and the session deleted. Every other cycle the peer
-    vanishes instead, as a browser tab killed: its ICE transport stops, no goodbye (no DTLS
-    close, no RTCP BYE), and only the DELETE can free the server's side of it."""
+    """A session opened, a peer connected and fed a few frames, then the peer closed and
+    the session deleted. Every other cycle the peer vanishes instead, as a browser tab
+    killed: its ICE transport stops, no goodbye (no DTLS close, no RTCP BYE), and only the
+    DELETE can free the server's side of it. Of every five cycles, one sends speech over
+    the WebSocket, one has a microphone (the server listens to the peer's audio), and one
+    first connects a peer that the next offer replaces (a browser reconnecting)."""
     opened = await http.post("/v1/sessions", json={"avatar_id": avatar_id})
     assert opened.status_code == 201, opened.text
     session_id = opened.json()["id"]
     vanish = cycle % 2 == 1
-    async with asyncio.timeout(FRAMES_DEADLINE_S), webrtc_peer(http, session_id) as peer:
+    microphone = Microphone(voiced_speech(0.2, sample_rate=48000)) if cycle % 5 == 2 else None
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(asyncio.timeout(FRAMES_DEADLINE_S))
+        if cycle % 5 == 4:
+            replaced = await stack.enter_async_context(webrtc_peer(http, session_id))
+            await replaced.video.recv()
+        peer = await stack.enter_async_context(webrtc_peer(http, session_id, microphone))
         for _ in range(FRAMES_PER_CYCLE):
             await peer.video.recv()
         if cycle % 5 == 0:
