@@ -38,6 +38,11 @@ SPEECH_RATE = 16000
 DARKER = 6.0
 # A black (or blank) frame's mean grey level is near 0; the avatar's is far above this.
 BLACK = 20.0
+# The longest wait allowed between two frames arriving. Seen here: up to 1.5 s while Triton
+# starts on the same two cores, with no frame skipped (consecutive timestamps) and no slow
+# callback in the server's loop: delivery, not the session (a lost RTP packet holds the
+# frames after it until it is resent). A stalled session shows nothing for the whole outage.
+DELIVERY_HICCUP_S = 2.5
 # The avatar's head sways: its frames differ from one another by more than this (mean
 # absolute grey levels; ~20 here), a frozen frame only by the codec's noise (~1).
 MOVING = 5.0
@@ -204,6 +209,9 @@ async def test_a_session_shows_its_avatar_while_triton_restarts_and_lip_syncs_on
     )
     avatar_id = register_avatar(server, avatar_video)
     watcher = Watcher(_mouth(avatar_cache))
+    # Silent frames for one walk of the avatar forwards and back (frames.avatar_index): the
+    # idle mouth's darkest picture, which the head's sway moves by a few grey levels.
+    walk = 2 * (len(np.load(avatar_cache / "boxes.npy")) - 1)
     loop = asyncio.get_running_loop()
     async with _http(server) as http:
         opened = await http.post("/v1/sessions", json={"avatar_id": avatar_id})
@@ -214,7 +222,7 @@ async def test_a_session_shows_its_avatar_while_triton_restarts_and_lip_syncs_on
             webrtc_peer(http, session_id) as peer,
             _running(watcher.run(peer.video)),
         ):
-            await watcher.until(lambda seen: len(seen) >= 15, FRAMES_DEADLINE_S, "silent frames")
+            await watcher.until(lambda seen: len(seen) >= walk, FRAMES_DEADLINE_S, "silent frames")
             idle = min(s.mouth for s in watcher.seen)
             async with _running(_speak(server, session_id)):
 
@@ -247,10 +255,13 @@ async def test_a_session_shows_its_avatar_while_triton_restarts_and_lip_syncs_on
     idle_frames = [s for s in away if s.at >= away_at + LATENCY_S + 0.5]
     gaps = np.diff([s.at for s in away])
     assert all(np.diff([s.pts for s in watcher.seen]) > 0), "timestamps must increase"
-    # At the avatar's rate while Triton is away (a loaded machine skips a few frames, and
-    # Triton starting takes the CPU), never stalled.
+    # At the avatar's rate while Triton is away: the server hands its peer every frame...
+    sent = during["frames_sent"] - before["frames_sent"]
+    assert sent >= 0.8 * AVATAR_FPS * (during["seconds_live"] - before["seconds_live"]), sent
+    # ... and they arrive (a loaded machine, Triton starting on the same cores, delays some),
+    # never stalled: a stalled session would show nothing for the whole outage.
     assert len(away) >= 0.5 * AVATAR_FPS * (back_at - away_at), (len(away), back_at - away_at)
-    assert float(gaps.max()) < 1.0, gaps.max()
+    assert float(gaps.max()) < DELIVERY_HICCUP_S, gaps.max()
     assert min(s.mean for s in away) > BLACK, "no black frame"
     assert idle_frames, "the outage outlasted a latency"
     # The avatar's own frames: the mouth at rest, the head moving (never one frozen frame).
@@ -263,7 +274,7 @@ async def test_a_session_shows_its_avatar_while_triton_restarts_and_lip_syncs_on
     assert before["frames_sent"] < during["frames_sent"] < after["frames_sent"]
     assert during["late_frames"] > before["late_frames"], (before, during)
     # The failing requests are logged as a change of state, not once a frame.
-    mentions = [line for line in outage_log.splitlines() if session_id in line]
+    mentions = [line for line in outage_log.splitlines() if f"session {session_id}:" in line]
     assert 1 <= len(mentions) <= 2, mentions
     assert "lipsync failing" in mentions[0], mentions
     assert f"session {session_id}: lipsync works again" in recovery_log
