@@ -107,6 +107,11 @@ class ServiceMetrics:
             buckets=LIVE_BUCKETS,
             registry=r,
         )
+        # Set by /metrics at scrape time (asyncio.all_tasks() needs the running loop): a
+        # count that grows with sessions opened and closed is a leak (tests/live).
+        self.asyncio_tasks = Gauge(
+            "dh_asyncio_tasks", "asyncio tasks alive in this process", registry=r
+        )
         self.gpu = NvmlCollector.create()
         if self.gpu is not None:
             r.register(self.gpu)

@@ -152,6 +152,9 @@ class Session:
         self._fallback: np.ndarray | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ended = asyncio.Event()
+        # Lipsync failing since this frame (None: it works), and frames failed since.
+        self._failing_since: int | None = None
+        self._failed_frames = 0
 
     # clock
 
@@ -375,9 +378,10 @@ class Session:
                     generated, latency = speech.result()
                     self.stats.latencies_s.append(latency)
                     self._count(late=False, latency=latency)
+                    self._lipsync_works(index)
                     return generated
                 # A failed request shows the idle frame; the next frames try again.
-                log.warning("session %s: frame %d: %s", self.id, index, failure)
+                self._lipsync_failed(index, failure)
             self._count(late=True, latency=None)
         if speech is not None:
             speech.cancel()
@@ -386,6 +390,30 @@ class Session:
         idle.cancel()
         assert fallback is not None
         return fallback
+
+    def _lipsync_failed(self, index: int, failure: BaseException) -> None:
+        # Logged when failing starts and when it ends: once a frame would be 25 lines a
+        # second per session for as long as Triton is away.
+        self._failed_frames += 1
+        if self._failing_since is None:
+            self._failing_since = index
+            log.warning(
+                "session %s: lipsync failing from frame %d, showing the avatar's own frames "
+                "until it works again: %s",
+                self.id,
+                index,
+                failure,
+            )
+
+    def _lipsync_works(self, index: int) -> None:
+        if self._failing_since is not None:
+            log.info(
+                "session %s: lipsync works again at frame %d after %d failed frames",
+                self.id,
+                index,
+                self._failed_frames,
+            )
+            self._failing_since, self._failed_frames = None, 0
 
     def _drop(self, index: int) -> None:
         planned = self._planned.pop(index, None)

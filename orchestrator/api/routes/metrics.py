@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 from fastapi import APIRouter, Response
@@ -32,4 +33,5 @@ async def metrics(service: ServiceDep) -> Response:
         {state: avatars.get(state, 0) for state in AVATAR_STATES},
         service.scheduler.running_count(),
     )
+    service.metrics.asyncio_tasks.set(len(asyncio.all_tasks()))
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
