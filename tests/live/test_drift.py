@@ -54,9 +54,9 @@ class _JumpingSelector(selectors.BaseSelector):
             return ready
         if timeout is None:  # no timer at all: only a thread (the pool) can wake the loop
             return self._inner.select(None)
-        # A frame read on the pool may still be running: it gets a moment of real time,
-        # then the clock moves on (a read that misses its frame shows the previous one).
-        ready = self._inner.select(min(timeout, 0.0002))
+        # A frame read on the pool may still be running: the clock does not wait for it (a
+        # read that misses its frame shows the previous picture; the stamps are the same).
+        ready = self._inner.select(0)
         if not ready:
             self.now += timeout
         return ready
