@@ -15,9 +15,15 @@ largest N with < 1 % late frames, the same for the naive architecture
 (benchmarks/naive_live.py: a server whose sessions are each a thread calling onnxruntime
 in process at batch 1, with the same WebSocket in and WebRTC out, measured by the same
 client), and the ratio of the frames per second the sessions sustain to the limit
-1/(1/model + 1/codec): model is the lip-sync model alone at saturation on Triton, codec the
-live path's own per-frame work alone (composite and the WebRTC video encoder, no model),
-both measured in this run. The last line is one JSON object with every figure.
+1/(1/model + 1/codec): model is the lip-sync model alone at saturation on Triton; codec is
+the live path's own per-frame work alone, no model: the cores over the CPU seconds per
+frame of CODEC_SESSIONS sessions with speech, counted in the server's process (frame
+read, mel window, composite, the WebRTC video and audio encoders, RTP and SRTP, its gRPC
+client) and in the receiving side's transport, which shares this machine (Triton's
+process, the model's side, is not counted). Both are measured in this run. (An encoder-only
+rate, composite and VP8 on identical frames, is reported as codec_encoder_fps: VP8 all but
+skips a picture that does not change, so it bounds nothing.) The last line is one JSON
+object with every figure.
 
 With --batch-backlog J, N sessions (--backlog-sessions, default the largest passing N, at
 least 1) run R more times (--backlog-repeats) on each of two fresh `dh serve`s while J
@@ -89,6 +95,8 @@ LATE_S = 0.1
 ANCHOR_PERCENTILE = 5
 # A frame timestamp gap over this many frame periods means frames never came: late too.
 GAP_PERIODS = 1.5
+# Sessions of the round that measures the live path's CPU per frame (well below capacity).
+CODEC_SESSIONS = 2
 # N passes while fewer than this fraction of its frames are late.
 LATE_LIMIT = 0.01
 DEFAULT_MAX_SESSIONS = 32
@@ -295,6 +303,10 @@ def serve_naive(onnx_file: Path, avatar: Avatar, mode: str, log: Path) -> Iterat
         yield base
 
 
+# The process behind each base URL a server started here answers on (for its CPU time).
+_SERVER_PIDS: dict[str, int] = {}
+
+
 @contextlib.contextmanager
 def _server(module: list[str], settings: dict[str, str], port: int, log: Path) -> Iterator[str]:
     """`python -m <module...>` listening on `port` once /healthz answers; yields its base URL.
@@ -322,8 +334,10 @@ def _server(module: list[str], settings: dict[str, str], port: int, log: Path) -
             if time.monotonic() > deadline:
                 raise SystemExit(f"{module[0]} not up in {START_DEADLINE_S} s")
             time.sleep(POLL_S)
+        _SERVER_PIDS[base] = process.pid
         yield base
     finally:
+        _SERVER_PIDS.pop(base, None)
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
@@ -590,10 +604,48 @@ def _box(avatar: Avatar, index: int) -> tuple[int, int, int, int] | None:
     return None if row[0] < 0 else (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def live_path_cpu_per_frame(
+    base: str, api_key: str, avatar_id: str, pcm: np.ndarray, region: tuple[int, int, int, int]
+) -> float | None:
+    """CPU seconds per frame of the live path outside the model: CODEC_SESSIONS sessions
+    with speech, none decoded, the server's process (frame reads, mel windows, composite,
+    the VP8 and Opus encoders, RTP and SRTP, its gRPC client) and this process's receiving
+    side (RTP and SRTP: on this one machine the clients' transport shares the CPU); Triton,
+    the model's side, is not counted. None for a server not started here."""
+    pid = _SERVER_PIDS.get(base)
+    if pid is None:
+        return None
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    async def sessions() -> list[SessionLog]:
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60.0) as client:
+            start = time.perf_counter() + 3.0
+            return await asyncio.gather(
+                *(
+                    one_session(client, avatar_id, pcm, start, region, watch=False)
+                    for _ in range(CODEC_SESSIONS)
+                )
+            )
+
+    server, client = _cpu_seconds(pid), time.process_time()
+    logs = asyncio.run(sessions())
+    used = _cpu_seconds(pid) - server + time.process_time() - client
+    frames = sum(len(log.arrival) for log in logs)
+    return used / frames if frames else None
+
+
 def codec_fps(avatar: Avatar, face_size: int, frames: int, threads: int) -> float:
-    """Frames/s of the live path's own work without the model: an avatar frame, a generated
+    """Frames/s of the encoder part of the live path alone: an avatar frame, a generated
     face composited in, the frame through the WebRTC video encoder; one encoder per thread
-    (per session), `threads` at once as sessions would run."""
+    (per session), `threads` at once as sessions would run. On a still avatar and a fixed
+    face every frame is the same picture, which VP8 all but skips: an upper bound, kept as
+    `codec_encoder_fps`; the limit takes the live path's measured CPU per frame."""
     face = fixed_face(face_size)
 
     def work(count: int) -> None:
@@ -810,7 +862,7 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
                 triton_url=grpc_url, lipsync_model=plan.lipsync_model, data_dir=work / "data"
             )
             _step("model alone at saturation, codec alone, avatar prepared in process")
-            model_fps, codec, avatar, mode = asyncio.run(_alone(settings, video, plan))
+            model_fps, encoder_fps, avatar, mode = asyncio.run(_alone(settings, video, plan))
             env = {
                 "DH_TRITON_URL": grpc_url,
                 "DH_LIPSYNC_MODEL": plan.lipsync_model,
@@ -840,6 +892,10 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
                     return result
 
                 live_rounds = search(live, plan.max_sessions)
+                _step("the live path's CPU per frame, outside the model")
+                per_frame = live_path_cpu_per_frame(base, plan.api_key, avatar_id, pcm, region)
+            # The live path's rate alone: the machine's cores over its CPU seconds per frame.
+            codec = (os.cpu_count() or 1) / per_frame if per_frame else encoder_fps
 
             backlog = None
             if plan.batch_backlog and plan.server_url:
@@ -873,6 +929,8 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
 
                 naive_rounds = search(naive, plan.max_sessions)
     figures = summary(live_rounds, naive_rounds, model_fps, codec)
+    figures["live_cpu_ms_per_frame"] = 1000 * per_frame if per_frame else None
+    figures["codec_encoder_fps"] = encoder_fps
     figures["bench_seconds"] = time.perf_counter() - started
     figures["lipsync_model"] = plan.lipsync_model
     if plan.frames_per_request is not None:
