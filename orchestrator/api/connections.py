@@ -11,6 +11,12 @@ included. Two rules replace it:
   buffer rule, which only looks at a head that arrived incomplete. The rest of a body
   left unread by an early answer (a refusal) is read as that body, not as the next head;
   the connection is closed if it falls silent for the head deadline meanwhile.
+  A connection the server closes is closed lingering: the answer and a FIN go first,
+  and what the client still sends is read and dropped (for LINGER_S and LINGER_BYTES at
+  most). Closing a socket with unread bytes makes the kernel send a reset, which can
+  destroy the answer before the client reads it: a 408 or 413 to a client still sending
+  its body. The bounds keep a refused upload refused: a client that sends on regardless
+  meets the reset soon after.
 - `InFlightLimit`: the concurrency bound counts requests being answered, not connections,
   so silent connections cost a file descriptor each until their deadline, and nothing more.
 """
@@ -28,6 +34,55 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 # The end of a request head (RFC 9112 section 2.1).
 _HEAD_END = b"\r\n\r\n"
 _TOO_LARGE = 431  # Request Header Fields Too Large (RFC 6585 section 5)
+# How long and how much a closed connection still reads of what its client sends
+# (nginx's lingering_time is 30 s; a client that stops sending or closes ends it at
+# once). The bytes cover what a client had sent before the answer, which sits unread in
+# the kernel's buffers (a few MiB on loopback), and a little more.
+LINGER_S = 2.0
+LINGER_BYTES = 16 * 1024 * 1024
+
+
+class _LingeringTransport:
+    """The h11 protocol's transport, whose `close()` is a lingering close (module doc);
+    everything else is the transport's own. A connection upgraded to a WebSocket gets the
+    transport itself, since its protocol closes by its own handshake."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self.lingering = False
+        self._dropped = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    @property
+    def inner(self) -> asyncio.Transport:
+        return self._transport
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.is_closing():
+            return
+        if not self._transport.can_write_eof():
+            self._transport.close()
+            return
+        self.lingering = True
+        # The FIN follows what is buffered; the client reads the answer, then the end.
+        self._transport.write_eof()
+        # Reading goes on (uvicorn pauses it while a body is not consumed), so a client
+        # blocked on sending moves on to read its answer. Its own FIN closes at once
+        # (the protocol's eof_received asks for that); silence or more bytes, LINGER_S.
+        self._transport.resume_reading()
+        self._loop.call_later(LINGER_S, self._transport.close)
+
+    def drop(self, data: bytes) -> None:
+        """`data` arrived while lingering: dropped, and the end once there is too much."""
+        self._dropped += len(data)
+        if self._dropped > LINGER_BYTES:
+            self._transport.close()
 
 
 def bounded_protocol(head_timeout_s: float, max_head_bytes: int) -> type[H11Protocol]:
@@ -55,14 +110,23 @@ class _BoundedHead(H11Protocol):
         self._draining_body = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        lingering = _LingeringTransport(transport, asyncio.get_running_loop())
+        super().connection_made(lingering)  # type: ignore[arg-type]
         self._await_head()
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        if isinstance(self.transport, _LingeringTransport):
+            self.transport = self.transport.inner
+        super().handle_websocket_upgrade(event)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if isinstance(self.transport, _LingeringTransport) and self.transport.lingering:
+            self.transport.drop(data)
+            return
         if self._awaiting_head:
             if self._head_too_large(data):
                 self._answer_too_large()

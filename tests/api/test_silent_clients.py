@@ -198,3 +198,24 @@ def _read_answer(sock: socket.socket) -> bytes:
         assert chunk, answer
         rest += chunk
     return head + b"\r\n\r\n" + rest
+
+
+def test_a_refusal_reaches_a_client_that_is_still_sending_its_body(server: ApiServer) -> None:
+    # A body over the small-route bound is refused 413 before a byte of it is read, and
+    # the connection closed. The client has already sent a part of it that the server
+    # never reads: a plain close would answer with a reset, and the client's read would
+    # fail instead of finding the 413 (what a 408 to a crawling upload met in CI).
+    sent = 512 * 1024
+    head = (
+        f"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Length: {4 * sent}\r\nContent-Type: application/json\r\n\r\n"
+    ).encode()
+    for _ in range(5):  # a reset is a race with the client's read: five chances to lose it
+        with _connect(server) as sock:
+            sock.sendall(head + b" " * sent)
+            readable, _, _ = select.select([sock], [], [], ANSWER_S + SLACK_S)
+            assert readable, "no answer"
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert _status(answer) == 413, answer
