@@ -3,10 +3,12 @@ the test's own, while each of the four is frozen (SIGSTOP) and then killed and r
 one fault at a time, with jobs in flight.
 
 Every job succeeds and is recorded once (one webhook each); no answer of a replica that is
-not itself under the fault is a 500 or slower than 2 s (503s while a dependency is away are
-the contract); and once the sweeper has run, no bucket object or data-directory folder is
-left that no row owns. Printed: what each fault cost the jobs in flight, against a
-fault-free round measured first in the same test (the numbers docs/operations.md quotes).
+not itself under the fault is a 500 or waits on anything for more than 2 s (503s while a
+dependency is away are the contract; what the host's scheduling adds, measured by a
+/healthz beside it, is not a wait on a dependency); and once the sweeper has run, no bucket
+object or data-directory folder is left that no row owns. Printed: what each fault cost
+the jobs in flight, against a fault-free round measured first in the same test (the
+numbers docs/operations.md quotes).
 """
 
 from __future__ import annotations
@@ -251,7 +253,11 @@ def _judge_answers(rounds: list[Round], answers: list[Answer]) -> list[str]:
             problem = f"no answer ({answer.error})"
         elif answer.status >= 500 and answer.status != 503:
             problem = f"answered {answer.status}"
-        elif answer.elapsed > SLOW_ANSWER_S:
+        elif answer.elapsed - _control_s(answers, answer) > SLOW_ANSWER_S:
+            # A replica starved of CPU (two replicas, Triton, PostgreSQL and S3 on two
+            # cores, most of all while the first jobs start) is as slow on /healthz, which
+            # needs no dependency: only what is left over is a wait on one. /healthz itself
+            # is held to the bound as it is (a loop blocked by a dependency shows there).
             problem = f"answered {answer.status} after {answer.elapsed:.1f} s"
             problem += f" ({CONTROL_PATH} meanwhile: {_control(answers, answer)})"
         if problem:
@@ -261,17 +267,30 @@ def _judge_answers(rounds: list[Round], answers: list[Answer]) -> list[str]:
     return steady
 
 
-def _control(answers: list[Answer], slow: Answer) -> str:
-    """The slowest CONTROL_PATH answer of the same replica overlapping `slow`."""
-    overlapping = [
+def _overlapping_controls(answers: list[Answer], slow: Answer) -> list[float]:
+    """How long each CONTROL_PATH answer of the same replica overlapping `slow` took."""
+    return [
         other.elapsed
         for other in answers
         if other.replica == slow.replica
         and other.path == CONTROL_PATH
         and other is not slow
+        and other.status is not None
         and other.started <= slow.started + slow.elapsed
         and other.started + other.elapsed >= slow.started
     ]
+
+
+def _control_s(answers: list[Answer], slow: Answer) -> float:
+    """The slowest control answer beside `slow` (0 where none overlapped it, and for a
+    control answer itself)."""
+    if slow.path == CONTROL_PATH:
+        return 0.0
+    return max(_overlapping_controls(answers, slow), default=0.0)
+
+
+def _control(answers: list[Answer], slow: Answer) -> str:
+    overlapping = _overlapping_controls(answers, slow)
     return f"{max(overlapping):.1f} s at most" if overlapping else "no answer"
 
 
