@@ -11,12 +11,14 @@ included. Two rules replace it:
   buffer rule, which only looks at a head that arrived incomplete. The rest of a body
   left unread by an early answer (a refusal) is read as that body, not as the next head;
   the connection is closed if it falls silent for the head deadline meanwhile.
-  A connection the server closes is closed lingering: the answer and a FIN go first,
-  and what the client still sends is read and dropped (for LINGER_S and LINGER_BYTES at
-  most). Closing a socket with unread bytes makes the kernel send a reset, which can
-  destroy the answer before the client reads it: a 408 or 413 to a client still sending
-  its body. The bounds keep a refused upload refused: a client that sends on regardless
-  meets the reset soon after.
+  A connection the server closes while its client is still sending (a request body not
+  read to its end, a head refused as too large) is closed lingering: the answer and a
+  FIN go first, and what the client still sends is read and dropped (for LINGER_S and
+  LINGER_BYTES at most). Closing a socket with unread bytes makes the kernel send a
+  reset, which can destroy the answer before the client reads it: a 408 or 413 to a
+  client still sending its body. The bounds keep a refused upload refused: a client that
+  sends on regardless meets the reset soon after. An idle connection closes at once (a
+  lingering one would hold a server's shutdown, which waits for its connections).
 - `InFlightLimit`: the concurrency bound counts requests being answered, not connections,
   so silent connections cost a file descriptor each until their deadline, and nothing more.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -43,13 +46,20 @@ LINGER_BYTES = 16 * 1024 * 1024
 
 
 class _LingeringTransport:
-    """The h11 protocol's transport, whose `close()` is a lingering close (module doc);
-    everything else is the transport's own. A connection upgraded to a WebSocket gets the
-    transport itself, since its protocol closes by its own handshake."""
+    """The h11 protocol's transport, whose `close()` is a lingering close (module doc)
+    while `peer_sending()` says so; everything else is the transport's own. A connection
+    upgraded to a WebSocket gets the transport itself, since its protocol closes by its own
+    handshake."""
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        peer_sending: Callable[[], bool],
+    ) -> None:
         self._transport = transport
         self._loop = loop
+        self._peer_sending = peer_sending
         self.lingering = False
         self._dropped = 0
 
@@ -66,7 +76,7 @@ class _LingeringTransport:
     def close(self) -> None:
         if self.is_closing():
             return
-        if not self._transport.can_write_eof():
+        if not self._peer_sending() or not self._transport.can_write_eof():
             self._transport.close()
             return
         self.lingering = True
@@ -108,9 +118,10 @@ class _BoundedHead(H11Protocol):
         # An answer went out before its request's body was read (a refusal): the rest of
         # that body is still to come, and is not the next head.
         self._draining_body = False
+        self._head_refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        lingering = _LingeringTransport(transport, asyncio.get_running_loop())
+        lingering = _LingeringTransport(transport, asyncio.get_running_loop(), self._peer_sending)
         super().connection_made(lingering)  # type: ignore[arg-type]
         self._await_head()
 
@@ -162,6 +173,10 @@ class _BoundedHead(H11Protocol):
             self._draining_body = True
             self._restart_head_timer()
 
+    def _peer_sending(self) -> bool:
+        """Whether the client may still be sending what the server will not read."""
+        return self._head_refused or self.conn.their_state is h11.SEND_BODY
+
     def _between_requests(self) -> bool:
         return self.conn.our_state is h11.IDLE and self.conn.their_state is h11.IDLE
 
@@ -202,6 +217,7 @@ class _BoundedHead(H11Protocol):
     def _answer_too_large(self) -> None:
         self._stop_head_timer()
         self._awaiting_head = False
+        self._head_refused = True
         body = json.dumps(
             {
                 "error": {
