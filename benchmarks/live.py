@@ -22,7 +22,10 @@ read, mel window, composite, the WebRTC video and audio encoders, RTP and SRTP, 
 client) and in the receiving side's transport, which shares this machine (Triton's
 process, the model's side, is not counted). Both are measured in this run. (An encoder-only
 rate, composite and VP8 on identical frames, is reported as codec_encoder_fps: VP8 all but
-skips a picture that does not change, so it bounds nothing.) The last line is one JSON
+skips a picture that does not change, so it bounds nothing.) Then the whole machine's
+CPU per frame of each architecture at the same CODEC_SESSIONS sessions, Triton's
+processes included for the live path: the steadier comparison, since near capacity a
+single stall of the machine decides whether a round passes. The last line is one JSON
 object with every figure.
 
 With --batch-backlog J, N sessions (--backlog-sessions, default the largest passing N, at
@@ -610,14 +613,53 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def live_path_cpu_per_frame(
-    base: str, api_key: str, avatar_id: str, pcm: np.ndarray, region: tuple[int, int, int, int]
-) -> float | None:
-    """CPU seconds per frame of the live path outside the model: CODEC_SESSIONS sessions
-    with speech, none decoded, the server's process (frame reads, mel windows, composite,
-    the VP8 and Opus encoders, RTP and SRTP, its gRPC client) and this process's receiving
-    side (RTP and SRTP: on this one machine the clients' transport shares the CPU); Triton,
-    the model's side, is not counted. None for a server not started here."""
+def _descendants(root: int) -> set[int]:
+    """Every process below `root` (from /proc; processes that end meanwhile are skipped)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def model_side_pids() -> list[int]:
+    """The processes this run started that are neither a server of `_server` nor below one:
+    the local Triton and its backend stubs (nothing, with --triton-url)."""
+    servers = set(_SERVER_PIDS.values())
+    below = set().union(*(_descendants(pid) for pid in servers)) if servers else set()
+    return sorted(_descendants(os.getpid()) - servers - below)
+
+
+@dataclass(frozen=True)
+class CpuPerFrame:
+    """CPU seconds per frame received, CODEC_SESSIONS sessions with speech: in the server's
+    process and this process's receiving side (`path`), and in the model's processes too
+    (`whole`)."""
+
+    path: float
+    whole: float
+
+
+def cpu_per_frame(
+    base: str,
+    api_key: str,
+    avatar_id: str,
+    pcm: np.ndarray,
+    region: tuple[int, int, int, int],
+    model_pids: list[int],
+) -> CpuPerFrame | None:
+    """CODEC_SESSIONS sessions with speech, none decoded. `path` counts the server's process
+    (frame reads, mel windows, composite, the VP8 and Opus encoders, RTP and SRTP, its gRPC
+    client or, naive, the model too) and this process's receiving side (RTP and SRTP: on
+    this one machine the clients' transport shares the CPU); `whole` adds `model_pids`
+    (Triton and its stubs). None for a server not started here."""
     pid = _SERVER_PIDS.get(base)
     if pid is None:
         return None
@@ -633,11 +675,15 @@ def live_path_cpu_per_frame(
                 )
             )
 
-    server, client = _cpu_seconds(pid), time.process_time()
+    def model_side() -> float:
+        return sum(_cpu_seconds(each) for each in model_pids if Path(f"/proc/{each}").exists())
+
+    server, client, model = _cpu_seconds(pid), time.process_time(), model_side()
     logs = asyncio.run(sessions())
-    used = _cpu_seconds(pid) - server + time.process_time() - client
+    path = _cpu_seconds(pid) - server + time.process_time() - client
+    whole = path + model_side() - model
     frames = sum(len(log.arrival) for log in logs)
-    return used / frames if frames else None
+    return CpuPerFrame(path / frames, whole / frames) if frames else None
 
 
 def codec_fps(avatar: Avatar, face_size: int, frames: int, threads: int) -> float:
@@ -892,10 +938,12 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
                     return result
 
                 live_rounds = search(live, plan.max_sessions)
-                _step("the live path's CPU per frame, outside the model")
-                per_frame = live_path_cpu_per_frame(base, plan.api_key, avatar_id, pcm, region)
+                _step("CPU per frame of the live path, outside the model and in all")
+                live_cpu = cpu_per_frame(
+                    base, plan.api_key, avatar_id, pcm, region, model_side_pids()
+                )
             # The live path's rate alone: the machine's cores over its CPU seconds per frame.
-            codec = (os.cpu_count() or 1) / per_frame if per_frame else encoder_fps
+            codec = (os.cpu_count() or 1) / live_cpu.path if live_cpu else encoder_fps
 
             backlog = None
             if plan.batch_backlog and plan.server_url:
@@ -928,8 +976,14 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
                     return result
 
                 naive_rounds = search(naive, plan.max_sessions)
+                _step("CPU per frame of the naive server, its model included")
+                naive_cpu = cpu_per_frame(naive_base, "", "naive", pcm, region, [])
     figures = summary(live_rounds, naive_rounds, model_fps, codec)
-    figures["live_cpu_ms_per_frame"] = 1000 * per_frame if per_frame else None
+    figures["live_cpu_ms_per_frame"] = 1000 * live_cpu.path if live_cpu else None
+    # The two architectures' whole cost per frame at the same load: steadier than the
+    # largest N, which a single stall of the machine decides near capacity.
+    figures["live_total_cpu_ms_per_frame"] = 1000 * live_cpu.whole if live_cpu else None
+    figures["naive_total_cpu_ms_per_frame"] = 1000 * naive_cpu.whole if naive_cpu else None
     figures["codec_encoder_fps"] = encoder_fps
     figures["bench_seconds"] = time.perf_counter() - started
     figures["lipsync_model"] = plan.lipsync_model
@@ -944,6 +998,12 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
         f"{figures['live_ratio_limit']:.2f} of the limit {figures['limit_fps']:.1f} fps "
         f"(model {model_fps:.1f}, codec {codec:.1f})"
     )
+    if live_cpu and naive_cpu:
+        out(
+            f"CPU per frame, {CODEC_SESSIONS} sessions, everything on this machine: live "
+            f"{1000 * live_cpu.whole:.2f} ms (outside the model {1000 * live_cpu.path:.2f}), "
+            f"naive {1000 * naive_cpu.whole:.2f} ms"
+        )
     out(json.dumps(figures))
     return 0
 
