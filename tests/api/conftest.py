@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -95,11 +96,11 @@ async def avatar_cache(
 ServerFactory = Callable[..., ApiServer]
 
 
-@pytest.fixture(scope="session")
-def server_factory(
+@contextmanager
+def _servers(
     triton: TritonAddress, avatar_cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerFactory]:
-    """Starts servers (each with the avatar cache seeded); stops them all at the end."""
+    """Starts servers (each with the avatar cache seeded); stops them all on leaving."""
     started: list[ApiServer] = []
 
     def start(data_dir: Path | None = None, role: str = "serve", **settings: object) -> ApiServer:
@@ -121,9 +122,31 @@ def server_factory(
         started.append(server)
         return server.start()
 
-    yield start
-    for server in started:
-        server.stop()
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def server_factory(
+    triton: TritonAddress, avatar_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerFactory]:
+    """Servers for one module's tests, stopped when the module ends: an idle server still
+    polls its store and watches its dependencies, and dozens left running until the end
+    of the session slowed every test after them."""
+    with _servers(triton, avatar_cache, tmp_path_factory) as start:
+        yield start
+
+
+@pytest.fixture(scope="session")
+def session_server_factory(
+    triton: TritonAddress, avatar_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerFactory]:
+    """Servers the whole session shares (the main `api` server)."""
+    with _servers(triton, avatar_cache, tmp_path_factory) as start:
+        yield start
 
 
 def register_avatar(server: ApiServer, video: Path) -> str:
@@ -142,9 +165,9 @@ def register_avatar(server: ApiServer, video: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def api(server_factory: ServerFactory, api_media: Path) -> ApiServer:
+def api(session_server_factory: ServerFactory, api_media: Path) -> ApiServer:
     """The main server: API key, small limits, inputs by path and by local URL."""
-    return server_factory(
+    return session_server_factory(
         api_key=API_KEY,
         max_upload_bytes=MAX_UPLOAD_BYTES,
         max_audio_seconds=MAX_AUDIO_S,
