@@ -4,7 +4,7 @@
                               [--seconds S] [--size PX] [--max-sessions N]
                               [--server-url URL [--avatar-id ID] [--api-key KEY]]
                               [--batch-backlog J [--backlog-sessions N] [--backlog-repeats R]]
-                              [--frames-per-request K]
+                              [--frames-per-request K] [--replicas R]
 
 One run, one local Triton (started here unless --triton-url names one), one `dh serve`
 started here against it. For N sessions at once, each streams continuous speech (no pause
@@ -36,6 +36,9 @@ Triton for its highest priority), one with it off; the mean late-frame fraction 
 goes into the JSON under "backlog", with the round trip of live requests behind a batch
 client's backlog at Triton alone (no orchestrator, no codec), priority on and off.
 --frames-per-request sets the servers' DH_LIVE_FRAMES_PER_REQUEST (default: theirs).
+--replicas R spreads the live sessions round robin over R `dh serve` processes on the one
+Triton (a fleet on one host: one process's interpreter caps what it carries; the naive
+server stays one process, the CPU-per-frame round uses the first).
 
 Latency is read from the pictures: a session is silent until its speech starts and the
 avatar is still, so the delay from the first loud block sent to the first frame whose
@@ -571,22 +574,38 @@ def round_from_logs(n: int, logs: list[SessionLog], start: float, stop: float) -
 
 
 async def live_round(
-    base: str,
+    base: str | list[tuple[str, str]],
     api_key: str,
     avatar_id: str,
     pcm: np.ndarray,
     n: int,
     region: tuple[int, int, int, int],
 ) -> Round:
+    """N sessions on `base`, or spread round robin over several servers, each given as
+    (base URL, its avatar id) (`avatar_id` then unused)."""
+    servers = [(base, avatar_id)] if isinstance(base, str) else base
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60.0) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=url, headers=headers, timeout=60.0)
+            )
+            for url, _ in servers
+        ]
         # Every session connects first; the speech of all starts at the same moment.
         start = time.perf_counter() + 3.0 + 0.2 * n
         # One session is watched (its frames decoded, for the latency); every session's
         # frames are timed as they arrive.
         logs = await asyncio.gather(
             *(
-                one_session(client, avatar_id, pcm, start, region, watch=index == 0)
+                one_session(
+                    clients[index % len(servers)],
+                    servers[index % len(servers)][1],
+                    pcm,
+                    start,
+                    region,
+                    watch=index == 0,
+                )
                 for index in range(n)
             )
         )
@@ -885,6 +904,8 @@ class Plan:
     backlog_repeats: int = 1
     # The servers' DH_LIVE_FRAMES_PER_REQUEST (None: their default).
     frames_per_request: int | None = None
+    # `dh serve` processes on the one Triton that the live sessions are spread over.
+    replicas: int = 1
 
 
 def _onnx_file(model: str) -> Path:
@@ -920,6 +941,16 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
                 env["DH_LIVE_FRAMES_PER_REQUEST"] = str(plan.frames_per_request)
             with contextlib.ExitStack() as stack:
                 base = plan.server_url or stack.enter_context(serve(env, work / "serve.log"))
+                # More processes on the one Triton: each its own data directory and avatar.
+                others = [
+                    stack.enter_context(
+                        serve(
+                            {**env, "DH_DATA_DIR": str(work / f"server-data-{r}")},
+                            work / f"serve-{r}.log",
+                        )
+                    )
+                    for r in range(1, plan.replicas)
+                ]
                 headers = {"Authorization": f"Bearer {plan.api_key}"} if plan.api_key else {}
                 with httpx.Client(base_url=base, headers=headers, timeout=10.0) as probe:
                     if "/v1/sessions" not in probe.get("/openapi.json").json()["paths"]:
@@ -929,11 +960,13 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
                         )
                         return EXIT_REFUSED
                 avatar_id = plan.avatar_id or register_avatar(base, video, plan.api_key)
+                targets = [(base, avatar_id)]
+                targets += [(url, register_avatar(url, video, plan.api_key)) for url in others]
                 region = mouth_region(size)
 
                 def live(n: int) -> Round:
-                    _step(f"{n} live session(s)")
-                    result = asyncio.run(live_round(base, plan.api_key, avatar_id, pcm, n, region))
+                    _step(f"{n} live session(s) on {len(targets)} server process(es)")
+                    result = asyncio.run(live_round(targets, plan.api_key, "", pcm, n, region))
                     out(render_row("live", result))
                     return result
 
@@ -987,6 +1020,7 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
     figures["codec_encoder_fps"] = encoder_fps
     figures["bench_seconds"] = time.perf_counter() - started
     figures["lipsync_model"] = plan.lipsync_model
+    figures["replicas"] = plan.replicas
     if plan.frames_per_request is not None:
         figures["frames_per_request"] = plan.frames_per_request
     if backlog is not None:
@@ -1064,6 +1098,14 @@ def main(argv: list[str] | None = None) -> int:
         "--backlog-repeats", type=int, default=1, metavar="R", help="backlog rounds per setting"
     )
     parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="R",
+        help="spread the live sessions over R dh serve processes on the one Triton "
+        "(the naive server stays one process)",
+    )
+    parser.add_argument(
         "--frames-per-request",
         type=int,
         metavar="K",
@@ -1083,7 +1125,10 @@ def main(argv: list[str] | None = None) -> int:
         backlog_sessions=args.backlog_sessions,
         backlog_repeats=args.backlog_repeats,
         frames_per_request=args.frames_per_request,
+        replicas=args.replicas,
     )
+    if args.replicas < 1 or (args.replicas > 1 and args.server_url):
+        parser.error("--replicas is 1 or more, and 1 with --server-url")
     return run(plan, args.triton_url, lambda line: print(line, flush=True))
 
 

@@ -161,6 +161,22 @@ def test_sessions_against_a_stub_of_the_contract() -> None:
     assert 0 <= result.latency_p50_s < 1.0
 
 
+def test_sessions_spread_over_two_servers_each_get_their_own_frames() -> None:
+    """--replicas: sessions go round robin to each (server, avatar) given."""
+    pcm = np.round(continuous_speech(3.0) * 32767).astype(np.int16)
+    with running_stub() as first, running_stub() as second:
+        servers = [(first, STUB_AVATAR), (second, STUB_AVATAR)]
+        result = asyncio.run(live.live_round(servers, "", "", pcm, 3, mouth_region(SIZE)))
+    assert result.fps == pytest.approx(3 * 25, rel=0.2)
+
+
+@pytest.mark.parametrize("argv", [["--replicas", "0"], ["--replicas", "2", "--server-url", "x"]])
+def test_replicas_are_refused_where_they_cannot_be_run(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        live.main(argv)
+    assert exited.value.code == 2
+
+
 def test_the_onset_of_speech_gives_the_delay_where_a_correlation_would_be_a_syllable_off() -> None:
     # Silence, then speech whose loudness rises and falls every 0.25 s: the mouth changes
     # 0.45 s after the voice starts (darker or lighter: any model's change counts).
