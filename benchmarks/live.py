@@ -574,16 +574,13 @@ def round_from_logs(n: int, logs: list[SessionLog], start: float, stop: float) -
 
 
 async def live_round(
-    base: str | list[tuple[str, str]],
+    servers: list[tuple[str, str]],
     api_key: str,
-    avatar_id: str,
     pcm: np.ndarray,
     n: int,
     region: tuple[int, int, int, int],
 ) -> Round:
-    """N sessions on `base`, or spread round robin over several servers, each given as
-    (base URL, its avatar id) (`avatar_id` then unused)."""
-    servers = [(base, avatar_id)] if isinstance(base, str) else base
+    """N sessions spread round robin over `servers`, each (base URL, its avatar id)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with contextlib.AsyncExitStack() as stack:
         clients = [
@@ -868,7 +865,7 @@ def backlog_rounds(
             for _ in range(plan.backlog_repeats):
                 _step(f"{n} live session(s), {plan.batch_backlog} batch job(s), priority {label}")
                 with batch_backlog(base, "", avatar_id, audio, plan.batch_backlog) as running:
-                    result = asyncio.run(live_round(base, "", avatar_id, pcm, n, region))
+                    result = asyncio.run(live_round([(base, avatar_id)], "", pcm, n, region))
                     still.append(running())
                 out(
                     f"{render_row('backlog', result)}  priority {label}, "
@@ -966,7 +963,7 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
 
                 def live(n: int) -> Round:
                     _step(f"{n} live session(s) on {len(targets)} server process(es)")
-                    result = asyncio.run(live_round(targets, plan.api_key, "", pcm, n, region))
+                    result = asyncio.run(live_round(targets, plan.api_key, pcm, n, region))
                     out(render_row("live", result))
                     return result
 
@@ -1004,7 +1001,7 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
 
                 def naive(n: int) -> Round:
                     _step(f"{n} naive session thread(s)")
-                    result = asyncio.run(live_round(naive_base, "", "naive", pcm, n, region))
+                    result = asyncio.run(live_round([(naive_base, "naive")], "", pcm, n, region))
                     out(render_row("naive", result))
                     return result
 

@@ -155,7 +155,7 @@ def test_sessions_against_a_stub_of_the_contract() -> None:
     tests/live/stub_server.py, whose mouth darkens with the loudness it hears."""
     pcm = np.round(continuous_speech(3.0) * 32767).astype(np.int16)
     with running_stub() as base:
-        result = asyncio.run(live.live_round(base, "", STUB_AVATAR, pcm, 2, mouth_region(SIZE)))
+        result = asyncio.run(live.live_round([(base, STUB_AVATAR)], "", pcm, 2, mouth_region(SIZE)))
     assert result.fps == pytest.approx(2 * 25, rel=0.2)
     assert result.latency_p50_s is not None
     assert 0 <= result.latency_p50_s < 1.0
@@ -166,7 +166,7 @@ def test_sessions_spread_over_two_servers_each_get_their_own_frames() -> None:
     pcm = np.round(continuous_speech(3.0) * 32767).astype(np.int16)
     with running_stub() as first, running_stub() as second:
         servers = [(first, STUB_AVATAR), (second, STUB_AVATAR)]
-        result = asyncio.run(live.live_round(servers, "", "", pcm, 3, mouth_region(SIZE)))
+        result = asyncio.run(live.live_round(servers, "", pcm, 3, mouth_region(SIZE)))
     assert result.fps == pytest.approx(3 * 25, rel=0.2)
 
 
