@@ -388,6 +388,13 @@ class Settings(BaseSettings):
         "together where that wait would take over half the render time DH_LIVE_LATENCY_S "
         "leaves its first frame, and never more than the model's max_batch_size",
     )
+    live_frame_cache_mb: int = Field(
+        512,
+        ge=0,
+        description="MiB of decoded avatar pictures the live sessions of this replica keep "
+        "in memory, shared by the sessions of an avatar (a 256 px frame is 0.19 MiB, a "
+        "1080p one 5.9 MiB); frames past it are read and decoded each time they play",
+    )
     ice_servers: list[IceServer] = Field(
         default_factory=list,
         description='STUN/TURN servers offered to WebRTC peers, as JSON: [{"urls": '

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +34,7 @@ import numpy as np
 from orchestrator.blocking import run_blocking
 from orchestrator.errors import Backlogged, NotFound
 from orchestrator.live import frames as live
+from orchestrator.live.avatar_frames import AvatarFrames, FrameCache, FramesClosed
 from orchestrator.live.speech import KEEP_BEHIND_S, Timeline
 from orchestrator.pipeline.avatar_cache import Avatar
 from orchestrator.pipeline.composite import CompositeMode, composite_frame
@@ -81,7 +81,7 @@ class LiveModel:
 @dataclass
 class _Planned:
     generation: int
-    idle: asyncio.Task[np.ndarray]
+    idle: asyncio.Future[np.ndarray]
     speech: asyncio.Task[tuple[np.ndarray, float]] | None
 
 
@@ -90,7 +90,7 @@ class _Spoken:
     """A frame of a group that speech reaches: what its lipsync request needs."""
 
     index: int
-    idle: asyncio.Task[np.ndarray]
+    idle: asyncio.Future[np.ndarray]
     box: tuple[int, int, int, int]
     segment: np.ndarray
 
@@ -123,6 +123,7 @@ class Session:
         max_queued_s: float,
         on_frame: Callable[[bool, float | None], None] | None = None,
         on_sent: Callable[[], None] | None = None,
+        frames: AvatarFrames | None = None,
     ) -> None:
         self.id = session_id
         self.avatar = avatar
@@ -136,10 +137,8 @@ class Session:
         self._max_queued = int(max_queued_s * SAMPLE_RATE)
         self._on_frame = on_frame or (lambda late, latency: None)
         self._on_sent = on_sent or (lambda: None)
-        self._frames = avatar.open_frames()
-        # Reads run on pool threads; close() takes the lock too, so no read ever meets a
-        # closed (or reused) file descriptor.
-        self._frames_lock = threading.Lock()
+        # The avatar's pictures (Sessions shares them between sessions; alone, uncached).
+        self._frames = frames or FrameCache(0).open(avatar)
         self._timeline = Timeline(latency_s + max_queued_s + 2 * KEEP_BEHIND_S)
         self._generation = 0  # bumped by interrupt: work planned before it is dropped
         self._planned: dict[int, _Planned] = {}
@@ -273,7 +272,7 @@ class Session:
         spoken: list[_Spoken] = []
         for index in range(first, first + size):
             source = live.avatar_index(index, self.avatar.frame_count)
-            idle = asyncio.create_task(run_blocking(self._pool, self._read, source))
+            idle = self._picture(source)
             self._planned[index] = _Planned(self._generation, idle, None)
             box = live.face_box(self.avatar.boxes, source)
             start, end = live.window_span(index, self.fps)
@@ -299,14 +298,21 @@ class Session:
             speech.add_done_callback(release)
             self._planned[frame.index].speech = speech
 
-    def _read(self, index: int) -> np.ndarray:
-        with self._frames_lock:
-            self._check_open()
-            return self._frames.read(index)
+    def _picture(self, index: int) -> asyncio.Future[np.ndarray]:
+        """Avatar picture `index`: at once when cached, else read on the pool."""
+        cached = self._frames.cached(index)
+        if cached is None:
+            return asyncio.ensure_future(run_blocking(self._pool, self._read, index))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(cached)
+        return done
 
-    def _close_frames(self) -> None:
-        with self._frames_lock:
-            self._frames.close()
+    def _read(self, index: int) -> np.ndarray:
+        self._check_open()
+        try:
+            return self._frames.read(index)
+        except FramesClosed:  # close() came while this read waited for a thread
+            raise SessionEnded(self.id) from None
 
     async def _lipsync(self, group: list[_Spoken]) -> _Prediction:
         """One lipsync request for the group's frames whose pictures were read."""
@@ -465,7 +471,7 @@ class Session:
         self._room.set()
         self._ended.set()
         with contextlib.suppress(OSError):
-            await run_blocking(self._pool, self._close_frames)
+            await run_blocking(self._pool, self._frames.close)
 
 
 def _inputs(

@@ -38,6 +38,7 @@ from orchestrator.jobs.store import (
     SessionSnapshot,
     StoreUnavailable,
 )
+from orchestrator.live.avatar_frames import MIB, FrameCache
 from orchestrator.live.frames import percentile
 from orchestrator.live.peer import Peer, host_addresses, ice_configuration
 from orchestrator.live.session import LiveModel, Session, SessionState
@@ -111,6 +112,7 @@ class Sessions:
         self._patches = ExitStack()
         # Reading avatar frames, mel windows and composites of every session.
         self._pool = ThreadPoolExecutor(settings.work_threads, thread_name_prefix="dh-live")
+        self._frames = FrameCache(settings.live_frame_cache_mb * MIB)
         self._writer: asyncio.Task[None] | None = None
         self._ended_elsewhere: dict[str, asyncio.Event] = {}  # DELETEs waiting on a holder
         self._ending: set[asyncio.Task[None]] = set()
@@ -159,16 +161,22 @@ class Sessions:
         try:
             avatar = await self._avatar(avatar_id)
             model = await self._live_model()
-            session = Session(
-                uuid.uuid4().hex,
-                avatar,
-                model,
-                self._pool,
-                latency_s=self.settings.live_latency_s,
-                max_queued_s=self.settings.live_max_queued_s,
-                on_frame=self._metrics.live_frame,
-                on_sent=self._metrics.live_frames_sent.inc,
-            )
+            frames = self._frames.open(avatar)
+            try:
+                session = Session(
+                    uuid.uuid4().hex,
+                    avatar,
+                    model,
+                    self._pool,
+                    latency_s=self.settings.live_latency_s,
+                    max_queued_s=self.settings.live_max_queued_s,
+                    on_frame=self._metrics.live_frame,
+                    on_sent=self._metrics.live_frames_sent.inc,
+                    frames=frames,
+                )
+            except BaseException:
+                frames.close()
+                raise
             try:
                 # Written before the clock starts: a store that cannot take it refuses the
                 # session (503) rather than hiding it from the other replicas.

@@ -12,6 +12,7 @@ import pytest
 from aiortc.mediastreams import MediaStreamTrack
 
 from modelkit.talking import expected_prediction
+from orchestrator.live.avatar_frames import FrameCache
 from orchestrator.live.frames import avatar_index, face_box, frame_mel_window, window_span
 from orchestrator.live.session import LiveModel, Session
 from orchestrator.live.tracks import VIDEO_CLOCK, SessionAudioTrack, SessionVideoTrack
@@ -50,7 +51,17 @@ async def session(
             frames_per_request=getattr(request, "param", 1),
         )
         with ThreadPoolExecutor(2) as pool:
-            live = Session("test", avatar, model, pool, latency_s=LATENCY_S, max_queued_s=5.0)
+            # Cached as Sessions does, with room for a few frames only: both paths run.
+            frames = FrameCache(4 * avatar.width * avatar.height * 3).open(avatar)
+            live = Session(
+                "test",
+                avatar,
+                model,
+                pool,
+                latency_s=LATENCY_S,
+                max_queued_s=5.0,
+                frames=frames,
+            )
             await live.start()
             yield live
             await live.close()
