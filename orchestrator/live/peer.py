@@ -19,6 +19,7 @@ import aioice.ice
 import av
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import SessionDescription
 
 from orchestrator.errors import Backlogged, BadInput
 from orchestrator.live.session import Session, SessionEnded, SessionState
@@ -59,6 +60,17 @@ def host_addresses(addresses: list[str]) -> Iterator[None]:
         aioice.ice.get_host_addresses = original
 
 
+def _sends_opus(answer: RTCSessionDescription | None) -> bool:
+    """Whether `answer` sends Opus, the first codec of its audio section (what aiortc's
+    sender uses); an offer without Opus gets PCM frames, encoded by aiortc."""
+    if answer is None:
+        return False
+    for media in SessionDescription.parse(answer.sdp).media:
+        if media.kind == "audio" and media.rtp.codecs:
+            return media.rtp.codecs[0].mimeType.lower() == "audio/opus"
+    return False
+
+
 class Peer:
     """The session's RTCPeerConnection: sends its video and audio, hears its microphone."""
 
@@ -83,8 +95,11 @@ class Peer:
             offer = RTCSessionDescription(sdp=sdp, type=kind)
             await self._pc.setRemoteDescription(offer)
             self._pc.addTrack(SessionVideoTrack(self.session))
-            self._pc.addTrack(SessionAudioTrack(self.session))
+            audio = SessionAudioTrack(self.session)
+            self._pc.addTrack(audio)
             await self._pc.setLocalDescription(await self._pc.createAnswer())
+            # Set before the first packet: media flows once ICE and DTLS are through.
+            audio.opus = _sends_opus(self._pc.localDescription)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             # aiortc's SDP parser reports a broken offer with whatever the line broke.
             raise BadInput(

@@ -1,18 +1,20 @@
 """The session's media as aiortc tracks, both stamped from the session's one clock.
 
 Video frame i carries pts i/fps (90 kHz, RTP's video clock); audio sample p carries pts p
-(16 kHz: Opus's encoder in aiortc resamples to 48 kHz and keeps the time). Frame i and the
-speech that drives it are both at `i / fps` on the same clock, so they cannot drift apart.
+(16 kHz), or 3p once encoded to Opus (48 kHz). Frame i and the speech that drives it are
+both at `i / fps` on the same clock, so they cannot drift apart.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from fractions import Fraction
 
 import av
 import cv2
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av.stream import Stream
 
 from orchestrator.live.session import Session, SessionEnded
 from orchestrator.live.speech import PCM_FULL_SCALE
@@ -22,6 +24,9 @@ from orchestrator.pipeline.mel import SAMPLE_RATE
 VIDEO_CLOCK = 90000
 # 20 ms audio packets, WebRTC's usual Opus frame.
 AUDIO_CHUNK = SAMPLE_RATE // 50
+# Opus's clock: always 48 kHz in RTP (RFC 7587).
+OPUS_RATE = 48000
+OPUS_CHUNK = OPUS_RATE // 50
 
 
 class SessionVideoTrack(MediaStreamTrack):
@@ -65,7 +70,12 @@ def video_frame(image: np.ndarray, index: int, fps: Fraction) -> av.VideoFrame:
 
 
 class SessionAudioTrack(MediaStreamTrack):
-    """The session's speech, 20 ms at a time, each chunk at its time on the clock."""
+    """The session's speech, 20 ms at a time, each chunk at its time on the clock: as PCM
+    frames, or as Opus packets once `opus` is set (Peer sets it when its answer sends Opus).
+
+    aiortc encodes each PCM frame on a thread of its own pool and back, a trip that costs
+    more than the encoding (about 0.13 ms), 50 times a second per session; a packet handed
+    to it is sent as it is."""
 
     kind = "audio"
 
@@ -73,8 +83,21 @@ class SessionAudioTrack(MediaStreamTrack):
         super().__init__()
         self._session = session
         self._position: int | None = None
+        self.opus = False
+        self._encoder: OpusPackets | None = None
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.AudioFrame | av.Packet[Stream]:
+        while True:
+            frame = await self._next_chunk()
+            if not self.opus:
+                return frame
+            if self._encoder is None:
+                self._encoder = OpusPackets()
+            packet = self._encoder.encode(frame)
+            if packet is not None:  # None while the encoder fills its first frame
+                return packet
+
+    async def _next_chunk(self) -> av.AudioFrame:
         session = self._session
         if self._position is None:
             self._position = session.position()  # a late peer starts at "now"
@@ -91,3 +114,38 @@ class SessionAudioTrack(MediaStreamTrack):
         frame.time_base = Fraction(1, SAMPLE_RATE)
         self._position = position + AUDIO_CHUNK
         return frame
+
+
+class OpusPackets:
+    """Opus as aiortc's own encoder makes it (48 kHz stereo, 96 kb/s, tuned for voice), one
+    packet per 20 ms chunk, stamped with its chunk's time on the session's clock."""
+
+    def __init__(self) -> None:
+        self._codec = av.CodecContext.create("libopus", "w")
+        self._codec.bit_rate = 96000
+        self._codec.format = "s16"
+        self._codec.layout = "stereo"
+        self._codec.sample_rate = OPUS_RATE
+        self._codec.time_base = Fraction(1, OPUS_RATE)
+        self._codec.options = {"application": "voip"}
+        self._resampler = av.AudioResampler(
+            format="s16", layout="stereo", rate=OPUS_RATE, frame_size=OPUS_CHUNK
+        )
+        self._ready: deque[av.Packet[Stream]] = deque()
+        self._next_pts: int | None = None
+
+    def encode(self, frame: av.AudioFrame) -> av.Packet[Stream] | None:
+        if self._next_pts is None:
+            assert frame.pts is not None
+            self._next_pts = frame.pts * OPUS_RATE // SAMPLE_RATE
+        for resampled in self._resampler.resample(frame):
+            self._ready.extend(self._codec.encode(resampled))
+        if not self._ready:
+            return None
+        packet = self._ready.popleft()
+        # The encoder's own pts start before zero (its pre-skip): each packet is the 20 ms
+        # after the one before from the first chunk's time instead.
+        packet.pts = self._next_pts
+        packet.time_base = Fraction(1, OPUS_RATE)
+        self._next_pts += OPUS_CHUNK
+        return packet

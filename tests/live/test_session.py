@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamTrack
@@ -15,7 +16,12 @@ from modelkit.talking import expected_prediction
 from orchestrator.live.avatar_frames import FrameCache
 from orchestrator.live.frames import avatar_index, face_box, frame_mel_window, window_span
 from orchestrator.live.session import LiveModel, Session
-from orchestrator.live.tracks import VIDEO_CLOCK, SessionAudioTrack, SessionVideoTrack
+from orchestrator.live.tracks import (
+    OPUS_RATE,
+    VIDEO_CLOCK,
+    SessionAudioTrack,
+    SessionVideoTrack,
+)
 from orchestrator.models import load_served_models
 from orchestrator.pipeline.avatar_cache import Avatar, load_avatar
 from orchestrator.pipeline.composite import composite_frame
@@ -194,3 +200,30 @@ async def test_video_and_audio_are_stamped_from_the_sessions_one_clock(session: 
     assert 0 <= float(np.median(video_lags)) < frame_s, video_lags
     assert 0 <= float(np.median(audio_lags)) < frame_s, audio_lags
     assert session.stats.frames_sent == 25
+
+
+async def test_opus_packets_carry_the_speech_at_its_time_on_the_clock(session: Session) -> None:
+    """What a peer that took Opus gets: one packet per 20 ms, stamped at 48 kHz from the
+    session's clock, decoding to the speech while it plays and to silence before."""
+    track = SessionAudioTrack(session)
+    track.opus = True
+    decoder = av.CodecContext.create("libopus", "r")
+    first = await track.recv()
+    assert isinstance(first, av.Packet)
+    session.queue_speech(voiced_speech(1.0).astype(np.float32))  # from now + the latency
+    speech_at = session.now() + LATENCY_S
+    stamps, levels = [], []
+    for _ in range(int((LATENCY_S + 1.0) * 50)):
+        packet = await track.recv()
+        assert isinstance(packet, av.Packet) and packet.pts is not None
+        assert abs(session.now() - packet.pts / OPUS_RATE) < 1 / float(session.fps) + 0.05
+        stamps.append(packet.pts)
+        decoded = decoder.decode(av.Packet(bytes(packet)))
+        pcm = np.concatenate([frame.to_ndarray().reshape(-1) for frame in decoded])
+        levels.append(float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))))
+    assert set(np.diff([first.pts, *stamps])) == {OPUS_RATE // 50}
+    times = np.array(stamps) / OPUS_RATE
+    before = np.array(levels)[times < speech_at - 0.1]
+    during = np.array(levels)[(times > speech_at + 0.2) & (times < speech_at + 0.8)]
+    assert before.size > 10 and during.size > 10
+    assert before.max() < 100 < np.median(during), (before.max(), np.median(during))
