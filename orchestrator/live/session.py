@@ -97,10 +97,9 @@ class _Spoken:
 
 @dataclass(frozen=True)
 class _Prediction:
-    """A group's lipsync answer: by frame index, its avatar picture, the face crop the
-    model was given and its [1, 3, S, S] `pred` row."""
+    """A group's lipsync answer: by frame index, its frame composited."""
 
-    rows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    rows: dict[int, np.ndarray]
     started: float
 
 
@@ -331,11 +330,12 @@ class Session:
         result = await self._model.client.infer(
             self._model.name, {"mel": mel, "face": face}, ["pred"]
         )
-        pred = result["pred"]
-        rows = {
-            frame.index: (picture, crop, pred[row : row + 1])
-            for row, (frame, picture, crop) in enumerate(zip(read, frames, given, strict=True))
-        }
+        # The group's composites in one trip to the pool: a trip per frame cost more in
+        # thread wake-ups than the composite itself.
+        composited = await run_blocking(
+            self._pool, _composite, frames, boxes, result["pred"], given, self._model.composite
+        )
+        rows = {frame.index: picture for frame, picture in zip(read, composited, strict=True)}
         return _Prediction(rows, started)
 
     async def _generated(
@@ -349,11 +349,7 @@ class Session:
             # Its picture was never read: the emitter took the frame first, or the read failed.
             failure = None if frame.idle.cancelled() else frame.idle.exception()
             raise failure or asyncio.CancelledError()
-        picture, given, pred = row
-        generated = await run_blocking(
-            self._pool, _composite, picture, frame.box, pred, given, self._model.composite
-        )
-        return generated, asyncio.get_running_loop().time() - prediction.started
+        return row, asyncio.get_running_loop().time() - prediction.started
 
     async def _emit(self) -> None:
         index = 0
@@ -490,10 +486,15 @@ def _inputs(
 
 
 def _composite(
-    frame: np.ndarray,
-    box: tuple[int, int, int, int],
+    frames: list[np.ndarray],
+    boxes: list[tuple[int, int, int, int]],
     pred: np.ndarray,
-    given: np.ndarray,
+    given: list[np.ndarray],
     mode: CompositeMode,
-) -> np.ndarray:
-    return composite_frame(frame, box, pred_to_crops(pred)[0], given, mode)
+) -> list[np.ndarray]:
+    """Each frame of a group with its generated face (`pred` [B, 3, S, S], in order)."""
+    crops = pred_to_crops(pred)
+    return [
+        composite_frame(frame, box, crop, crop_given, mode)
+        for frame, box, crop, crop_given in zip(frames, boxes, crops, given, strict=True)
+    ]
