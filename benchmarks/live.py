@@ -17,10 +17,13 @@ in process at batch 1, with the same WebSocket in and WebRTC out, measured by th
 client), and the ratio of the frames per second the sessions sustain to the limit
 1/(1/model + 1/codec): model is the lip-sync model alone at saturation on Triton; codec is
 the live path's own per-frame work alone, no model: the cores over the CPU seconds per
-frame of CODEC_SESSIONS sessions with speech, counted in the server's process (frame
-read, mel window, composite, the WebRTC video and audio encoders, RTP and SRTP, its gRPC
-client) and in the receiving side's transport, which shares this machine (Triton's
-process, the model's side, is not counted). Both are measured in this run. (An encoder-only
+frame it spent in the round of the largest passing N, counted in the server's process
+(frame read, mel window, composite, the WebRTC video and audio encoders, RTP and SRTP, its
+gRPC client) and in the receiving side's transport, which shares this machine (Triton's
+process, the model's side, is not counted). At that load, because a session's fixed costs
+(its clock, its tasks, packets per second) weigh per frame by how many share the machine:
+taken at fewer sessions, the limit would be one this load never had, and the ratio could
+pass 1. Both are measured in this run. (An encoder-only
 rate, composite and VP8 on identical frames, is reported as codec_encoder_fps: VP8 all but
 skips a picture that does not change, so it bounds nothing.) Then the whole machine's
 CPU per frame of each architecture at the same CODEC_SESSIONS sessions, Triton's
@@ -62,7 +65,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -190,14 +193,16 @@ def percentile(values: list[float] | np.ndarray, q: float) -> float | None:
 
 @dataclass(frozen=True)
 class Round:
-    """N sessions at once: frames per second of all together, the late fraction, and
-    latency percentiles (None where unmeasured)."""
+    """N sessions at once: frames per second of all together, the late fraction, latency
+    percentiles, and the CPU seconds per frame received spent in the servers' processes and
+    this client over the same frames (None where unmeasured: a server not started here)."""
 
     sessions: int
     fps: float
     late: float
     latency_p50_s: float | None = None
     latency_p95_s: float | None = None
+    cpu_s_per_frame: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -240,6 +245,21 @@ def search(measure: Callable[[int], Round], ceiling: int) -> dict[int, Round]:
     return rounds
 
 
+def codec_rate(
+    live_rounds: dict[int, Round], live_cpu: CpuPerFrame | None, encoder_fps: float
+) -> float:
+    """The live path's rate alone: the machine's cores over its CPU seconds per frame, at
+    the load of the largest passing N (fixed costs per session, per second and per packet
+    spread over that many frames, as in the round the ratio is taken of); at
+    CODEC_SESSIONS sessions where no round passed or none was measured; the encoder's
+    rate where neither was."""
+    best = live_rounds.get(largest_passing(live_rounds))
+    cores = os.cpu_count() or 1
+    if best is not None and best.cpu_s_per_frame:
+        return cores / best.cpu_s_per_frame
+    return cores / live_cpu.path if live_cpu else encoder_fps
+
+
 def limit_fps(model: float, codec: float) -> float:
     """Model and codec sharing one machine's CPU: their rates combined as serial work."""
     return 1.0 / (1.0 / model + 1.0 / codec)
@@ -271,10 +291,11 @@ def render_row(kind: str, r: Round) -> str:
     def seconds(value: float | None) -> str:
         return "   –  " if value is None else f"{value:6.3f}"
 
+    cpu = "" if r.cpu_s_per_frame is None else f"  cpu {1000 * r.cpu_s_per_frame:5.2f} ms/frame"
     return (
         f"{kind:6} N={r.sessions:3}  {r.fps:7.1f} fps  late {100 * r.late:5.1f} %  "
         f"latency p50 {seconds(r.latency_p50_s)} s  p95 {seconds(r.latency_p95_s)} s"
-        f"  {'ok' if r.passed else 'LATE'}"
+        f"  {'ok' if r.passed else 'LATE'}{cpu}"
     )
 
 
@@ -591,6 +612,9 @@ async def live_round(
         ]
         # Every session connects first; the speech of all starts at the same moment.
         start = time.perf_counter() + 3.0 + 0.2 * n
+        stop = start + pcm.size / SPEECH_RATE
+        pids = [_SERVER_PIDS[url] for url, _ in servers if url in _SERVER_PIDS]
+        cpu = asyncio.create_task(_cpu_while_counted(pids, start + SETTLE_S, stop))
         # One session is watched (its frames decoded, for the latency); every session's
         # frames are timed as they arrive.
         logs = await asyncio.gather(
@@ -606,7 +630,26 @@ async def live_round(
                 for index in range(n)
             )
         )
-    return round_from_logs(n, list(logs), start, start + pcm.size / SPEECH_RATE)
+    counted = round_from_logs(n, list(logs), start, stop)
+    cpu_s = await cpu
+    if cpu_s is None or counted.fps <= 0:
+        return counted
+    return replace(counted, cpu_s_per_frame=cpu_s / (counted.fps * (stop - start - SETTLE_S)))
+
+
+async def _cpu_while_counted(pids: list[int], start: float, stop: float) -> float | None:
+    """CPU seconds of processes `pids` and this one from `start` to `stop` (perf_counter):
+    the window whose frames a round counts. None without a process (no server here)."""
+    if not pids:
+        return None
+
+    def now() -> float:
+        return sum(_cpu_seconds(pid) for pid in pids) + time.process_time()
+
+    await asyncio.sleep(max(0.0, start - time.perf_counter()))
+    before = now()
+    await asyncio.sleep(max(0.0, stop - time.perf_counter()))
+    return now() - before
 
 
 # --- model alone, codec alone, and the naive loop -----------------------------------------
@@ -972,8 +1015,7 @@ def run(plan: Plan, triton_url: str | None, out: Callable[[str], None]) -> int:
                 live_cpu = cpu_per_frame(
                     base, plan.api_key, avatar_id, pcm, region, model_side_pids()
                 )
-            # The live path's rate alone: the machine's cores over its CPU seconds per frame.
-            codec = (os.cpu_count() or 1) / live_cpu.path if live_cpu else encoder_fps
+            codec = codec_rate(live_rounds, live_cpu, encoder_fps)
 
             backlog = None
             if plan.batch_backlog and plan.server_url:

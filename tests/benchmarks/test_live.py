@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,8 +15,10 @@ import pytest
 from benchmarks import live
 from benchmarks.live import (
     LATE_S,
+    CpuPerFrame,
     Round,
     SessionLog,
+    codec_rate,
     frame_latencies,
     largest_passing,
     late_fraction,
@@ -108,6 +112,21 @@ def test_a_count_counts_only_when_every_smaller_one_tried_passed() -> None:
     assert next_count({}, 8) == 1
 
 
+def test_the_codec_rate_is_taken_at_the_load_of_the_largest_passing_count() -> None:
+    rounds = {
+        1: Round(1, 25.0, 0.0, cpu_s_per_frame=0.010),
+        2: Round(2, 50.0, 0.0, cpu_s_per_frame=0.008),
+        4: Round(4, 90.0, 0.3, cpu_s_per_frame=0.007),
+    }
+    cores = os.cpu_count() or 1
+    assert codec_rate(rounds, None, 999.0) == pytest.approx(cores / 0.008)
+    # Unmeasured (a server not started here): CODEC_SESSIONS sessions, else the encoder.
+    unmeasured = {1: Round(1, 25.0, 0.0)}
+    fallback = CpuPerFrame(path=0.02, whole=0.03)
+    assert codec_rate(unmeasured, fallback, 999.0) == pytest.approx(cores / 0.02)
+    assert codec_rate({1: Round(1, 25.0, 0.5)}, None, 999.0) == 999.0
+
+
 def test_the_summary_is_one_json_line_with_the_issues_figures() -> None:
     rounds = {1: Round(1, 25.0, 0.0, 0.2, 0.3), 2: Round(2, 50.0, 0.0, 0.25, 0.4)}
     rounds[4] = Round(4, 70.0, 0.2, 0.9, 2.0)
@@ -150,15 +169,26 @@ def test_a_round_from_session_logs() -> None:
     assert live.LATE_LIMIT == 0.01
 
 
-def test_sessions_against_a_stub_of_the_contract() -> None:
+def test_sessions_against_a_stub_of_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     """The benchmark's client (WebSocket up, WebRTC down, aiortc) against
-    tests/live/stub_server.py, whose mouth darkens with the loudness it hears."""
+    tests/live/stub_server.py, whose mouth darkens with the loudness it hears; the stub's
+    CPU per frame is counted as a server started by the benchmark would be."""
     pcm = np.round(continuous_speech(3.0) * 32767).astype(np.int16)
     with running_stub() as base:
+        (stub,) = [
+            pid
+            for pid in live._descendants(os.getpid())
+            if b"tests.live.stub_server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        monkeypatch.setitem(live._SERVER_PIDS, base, stub)
         result = asyncio.run(live.live_round([(base, STUB_AVATAR)], "", pcm, 2, mouth_region(SIZE)))
     assert result.fps == pytest.approx(2 * 25, rel=0.2)
     assert result.latency_p50_s is not None
     assert 0 <= result.latency_p50_s < 1.0
+    # The stub and this client encode, send, receive and decode every frame: some CPU, and
+    # far less than the 2 s a frame would take on both cores at 50 frames a second.
+    assert result.cpu_s_per_frame is not None
+    assert 0 < result.cpu_s_per_frame < 2 * 2 / 50
 
 
 def test_sessions_spread_over_two_servers_each_get_their_own_frames() -> None:
