@@ -1,4 +1,4 @@
-"""The pure parts of benchmarks.live: late frames, the delay the mouth follows the voice
+"""benchmarks.live and its parts: late frames, the delay the mouth follows the voice
 at, the search over N, and the summary's JSON line."""
 
 from __future__ import annotations
@@ -13,21 +13,21 @@ import numpy as np
 import pytest
 
 from benchmarks import live
-from benchmarks.live import (
+from benchmarks.live import codec_rate
+from benchmarks.live_client import CpuPerFrame, SessionLog, live_round, round_from_logs
+from benchmarks.live_figures import (
+    LATE_LIMIT,
     LATE_S,
-    CpuPerFrame,
     Round,
-    SessionLog,
-    codec_rate,
     frame_latencies,
     largest_passing,
     late_fraction,
     next_count,
     onset_delay,
-    round_from_logs,
     search,
     summary,
 )
+from benchmarks.live_servers import SERVER_PIDS, descendants
 from synthmedia.audio import continuous_speech
 from synthmedia.avatar import mouth_region
 from tests.live.stub_server import AVATAR_ID as STUB_AVATAR
@@ -165,8 +165,8 @@ def test_a_round_from_session_logs() -> None:
     assert not round_from_logs(2, [watched, SessionLog()], start, stop).passed
     # ... and so do frames its server showed idle, on time but without lip-sync.
     idle_shown = session(server_late=5)
-    assert round_from_logs(2, [watched, idle_shown], start, stop).late > live.LATE_LIMIT
-    assert live.LATE_LIMIT == 0.01
+    assert round_from_logs(2, [watched, idle_shown], start, stop).late > LATE_LIMIT
+    assert LATE_LIMIT == 0.01
 
 
 def test_sessions_against_a_stub_of_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,11 +177,11 @@ def test_sessions_against_a_stub_of_the_contract(monkeypatch: pytest.MonkeyPatch
     with running_stub() as base:
         (stub,) = [
             pid
-            for pid in live._descendants(os.getpid())
+            for pid in descendants(os.getpid())
             if b"tests.live.stub_server" in Path(f"/proc/{pid}/cmdline").read_bytes()
         ]
-        monkeypatch.setitem(live._SERVER_PIDS, base, stub)
-        result = asyncio.run(live.live_round([(base, STUB_AVATAR)], "", pcm, 2, mouth_region(SIZE)))
+        monkeypatch.setitem(SERVER_PIDS, base, stub)
+        result = asyncio.run(live_round([(base, STUB_AVATAR)], "", pcm, 2, mouth_region(SIZE)))
     assert result.fps == pytest.approx(2 * 25, rel=0.2)
     assert result.latency_p50_s is not None
     assert 0 <= result.latency_p50_s < 1.0
@@ -196,7 +196,7 @@ def test_sessions_spread_over_two_servers_each_get_their_own_frames() -> None:
     pcm = np.round(continuous_speech(3.0) * 32767).astype(np.int16)
     with running_stub() as first, running_stub() as second:
         servers = [(first, STUB_AVATAR), (second, STUB_AVATAR)]
-        result = asyncio.run(live.live_round(servers, "", pcm, 3, mouth_region(SIZE)))
+        result = asyncio.run(live_round(servers, "", pcm, 3, mouth_region(SIZE)))
     assert result.fps == pytest.approx(3 * 25, rel=0.2)
 
 
