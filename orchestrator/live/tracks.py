@@ -22,11 +22,14 @@ from orchestrator.pipeline.mel import SAMPLE_RATE
 
 # RTP's video clock rate (RFC 3551).
 VIDEO_CLOCK = 90000
-# 20 ms audio packets, WebRTC's usual Opus frame.
-AUDIO_CHUNK = SAMPLE_RATE // 50
+# 40 ms audio packets: half the packets of WebRTC's usual 20 ms, each a trip through
+# aiortc's RTP and SRTP in Python, and no later to the ear: a chunk is sent at its start
+# on the clock, its speech queued DH_LIVE_LATENCY_S before. Opus takes 2.5 to 60 ms frames.
+CHUNK_S = 0.04
+AUDIO_CHUNK = round(SAMPLE_RATE * CHUNK_S)
 # Opus's clock: always 48 kHz in RTP (RFC 7587).
 OPUS_RATE = 48000
-OPUS_CHUNK = OPUS_RATE // 50
+OPUS_CHUNK = round(OPUS_RATE * CHUNK_S)
 
 
 class SessionVideoTrack(MediaStreamTrack):
@@ -70,11 +73,11 @@ def video_frame(image: np.ndarray, index: int, fps: Fraction) -> av.VideoFrame:
 
 
 class SessionAudioTrack(MediaStreamTrack):
-    """The session's speech, 20 ms at a time, each chunk at its time on the clock: as PCM
+    """The session's speech, CHUNK_S at a time, each chunk at its time on the clock: as PCM
     frames, or as Opus packets once `opus` is set (Peer sets it when its answer sends Opus).
 
     aiortc encodes each PCM frame on a thread of its own pool and back, a trip that costs
-    more than the encoding (about 0.13 ms), 50 times a second per session; a packet handed
+    more than the encoding (about 0.13 ms), for every chunk of every session; a packet handed
     to it is sent as it is."""
 
     kind = "audio"
@@ -118,7 +121,7 @@ class SessionAudioTrack(MediaStreamTrack):
 
 class OpusPackets:
     """Opus as aiortc's own encoder makes it (48 kHz stereo, 96 kb/s, tuned for voice), one
-    packet per 20 ms chunk, stamped with its chunk's time on the session's clock."""
+    packet per chunk, stamped with its chunk's time on the session's clock."""
 
     def __init__(self) -> None:
         self._codec = av.CodecContext.create("libopus", "w")
@@ -127,7 +130,7 @@ class OpusPackets:
         self._codec.layout = "stereo"
         self._codec.sample_rate = OPUS_RATE
         self._codec.time_base = Fraction(1, OPUS_RATE)
-        self._codec.options = {"application": "voip"}
+        self._codec.options = {"application": "voip", "frame_duration": str(CHUNK_S * 1000)}
         self._resampler = av.AudioResampler(
             format="s16", layout="stereo", rate=OPUS_RATE, frame_size=OPUS_CHUNK
         )
@@ -143,7 +146,7 @@ class OpusPackets:
         if not self._ready:
             return None
         packet = self._ready.popleft()
-        # The encoder's own pts start before zero (its pre-skip): each packet is the 20 ms
+        # The encoder's own pts start before zero (its pre-skip): each packet is the chunk
         # after the one before from the first chunk's time instead.
         packet.pts = self._next_pts
         packet.time_base = Fraction(1, OPUS_RATE)

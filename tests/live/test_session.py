@@ -17,6 +17,8 @@ from orchestrator.live.avatar_frames import FrameCache
 from orchestrator.live.frames import avatar_index, face_box, frame_mel_window, window_span
 from orchestrator.live.session import LiveModel, Session
 from orchestrator.live.tracks import (
+    CHUNK_S,
+    OPUS_CHUNK,
     OPUS_RATE,
     VIDEO_CLOCK,
     SessionAudioTrack,
@@ -203,7 +205,7 @@ async def test_video_and_audio_are_stamped_from_the_sessions_one_clock(session: 
 
 
 async def test_opus_packets_carry_the_speech_at_its_time_on_the_clock(session: Session) -> None:
-    """What a peer that took Opus gets: one packet per 20 ms, stamped at 48 kHz from the
+    """What a peer that took Opus gets: one packet per chunk, stamped at 48 kHz from the
     session's clock, decoding to the speech while it plays and to silence before."""
     track = SessionAudioTrack(session)
     track.opus = True
@@ -213,15 +215,16 @@ async def test_opus_packets_carry_the_speech_at_its_time_on_the_clock(session: S
     session.queue_speech(voiced_speech(1.0).astype(np.float32))  # from now + the latency
     speech_at = session.now() + LATENCY_S
     stamps, levels = [], []
-    for _ in range(int((LATENCY_S + 1.0) * 50)):
+    for _ in range(int((LATENCY_S + 1.0) / CHUNK_S)):
         packet = await track.recv()
         assert isinstance(packet, av.Packet) and packet.pts is not None
         assert abs(session.now() - packet.pts / OPUS_RATE) < 1 / float(session.fps) + 0.05
         stamps.append(packet.pts)
         decoded = decoder.decode(av.Packet(bytes(packet)))
+        assert sum(frame.samples for frame in decoded) == OPUS_CHUNK  # the chunk, whole
         pcm = np.concatenate([frame.to_ndarray().reshape(-1) for frame in decoded])
         levels.append(float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))))
-    assert set(np.diff([first.pts, *stamps])) == {OPUS_RATE // 50}
+    assert set(np.diff([first.pts, *stamps])) == {OPUS_CHUNK}
     times = np.array(stamps) / OPUS_RATE
     before = np.array(levels)[times < speech_at - 0.1]
     during = np.array(levels)[(times > speech_at + 0.2) & (times < speech_at + 0.8)]
