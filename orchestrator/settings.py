@@ -341,7 +341,7 @@ class Settings(BaseSettings):
 
     # Live sessions (orchestrator/live): a prepared avatar streamed over WebRTC from speech.
     max_sessions: int = Field(
-        4,
+        6,
         ge=0,
         description="live sessions this replica holds at once; past it POST /v1/sessions "
         "answers 429 with Retry-After (each session runs a clock, a frame loop and a peer)",
