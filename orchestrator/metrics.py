@@ -107,6 +107,12 @@ class ServiceMetrics:
             buckets=LIVE_BUCKETS,
             registry=r,
         )
+        self.live_frame_cache = Gauge(
+            "dh_live_frame_cache_bytes",
+            "Decoded avatar pictures the live sessions of this replica share "
+            "(DH_LIVE_FRAME_CACHE_MB; freed with an avatar's last session)",
+            registry=r,
+        )
         # Set by /metrics at scrape time (asyncio.all_tasks() needs the running loop): a
         # count that grows with sessions opened and closed is a leak (tests/live).
         self.asyncio_tasks = Gauge(

@@ -196,6 +196,10 @@ class Sessions:
         log.info("session %s opened on avatar %s", session.id, avatar_id)
         return session
 
+    @property
+    def frame_cache_bytes(self) -> int:
+        return self._frames.used_bytes
+
     def get(self, session_id: str) -> Session:
         session = self._sessions.get(session_id)
         if session is None:

@@ -236,6 +236,8 @@ async def test_capacity_is_bounded_and_delete_frees_a_place(
     full = await http.post("/v1/sessions", json={"avatar_id": live_avatar})
     assert full.status_code == 429
     assert int(full.headers["Retry-After"]) > 0
+    # Each session read its first picture on opening: the avatar's, decoded once, shared.
+    assert _gauge((await http.get("/metrics")).text, "dh_live_frame_cache_bytes") > 0
 
     async with connect(
         _socket_url(live, opened[0]), additional_headers={"Authorization": f"Bearer {API_KEY}"}
@@ -252,6 +254,12 @@ async def test_capacity_is_bounded_and_delete_frees_a_place(
         assert (await http.delete(f"/v1/sessions/{session}")).status_code == 204
     metrics = (await http.get("/metrics")).text
     assert "dh_live_sessions 0.0" in metrics
+    assert _gauge(metrics, "dh_live_frame_cache_bytes") == 0  # freed with the last session
+
+
+def _gauge(metrics: str, name: str) -> float:
+    (line,) = [line for line in metrics.splitlines() if line.startswith(f"{name} ")]
+    return float(line.split()[1])
 
 
 async def test_bad_input_is_refused_with_a_reason(

@@ -34,4 +34,5 @@ async def metrics(service: ServiceDep) -> Response:
         service.scheduler.running_count(),
     )
     service.metrics.asyncio_tasks.set(len(asyncio.all_tasks()))
+    service.metrics.live_frame_cache.set(service.sessions.frame_cache_bytes)
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
