@@ -90,22 +90,25 @@ class SessionAudioTrack(MediaStreamTrack):
         self._encoder: OpusPackets | None = None
 
     async def recv(self) -> av.AudioFrame | av.Packet[Stream]:
+        if not self.opus:
+            return await self._next_chunk(ahead_s=0.0)
         while True:
-            frame = await self._next_chunk()
-            if not self.opus:
-                return frame
+            # The resampler holds its first chunk back, so a chunk's packet comes out with
+            # the next chunk: read one chunk ahead, or each packet would leave a chunk (a
+            # video frame) after its time. What plays within DH_LIVE_LATENCY_S is final.
+            frame = await self._next_chunk(ahead_s=CHUNK_S)
             if self._encoder is None:
                 self._encoder = OpusPackets()
             packet = self._encoder.encode(frame)
             if packet is not None:  # None while the encoder fills its first frame
                 return packet
 
-    async def _next_chunk(self) -> av.AudioFrame:
+    async def _next_chunk(self, ahead_s: float) -> av.AudioFrame:
         session = self._session
         if self._position is None:
             self._position = session.position()  # a late peer starts at "now"
         position = self._position
-        await session.until(position / SAMPLE_RATE)
+        await session.until(position / SAMPLE_RATE - ahead_s)
         if session.state == "ended":
             self.stop()
             raise MediaStreamError("the session ended")

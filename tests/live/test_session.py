@@ -214,16 +214,18 @@ async def test_opus_packets_carry_the_speech_at_its_time_on_the_clock(session: S
     assert isinstance(first, av.Packet)
     session.queue_speech(voiced_speech(1.0).astype(np.float32))  # from now + the latency
     speech_at = session.now() + LATENCY_S
-    stamps, levels = [], []
+    stamps, levels, lags = [], [], []
     for _ in range(int((LATENCY_S + 1.0) / CHUNK_S)):
         packet = await track.recv()
         assert isinstance(packet, av.Packet) and packet.pts is not None
-        assert abs(session.now() - packet.pts / OPUS_RATE) < 1 / float(session.fps) + 0.05
+        lags.append(session.now() - packet.pts / OPUS_RATE)
         stamps.append(packet.pts)
         decoded = decoder.decode(av.Packet(bytes(packet)))
         assert sum(frame.samples for frame in decoded) == OPUS_CHUNK  # the chunk, whole
         pcm = np.concatenate([frame.to_ndarray().reshape(-1) for frame in decoded])
         levels.append(float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))))
+    # Median, as for the PCM tracks: a loaded test machine may hold one read back.
+    assert 0 <= float(np.median(lags)) < 1 / float(session.fps), lags
     assert set(np.diff([first.pts, *stamps])) == {OPUS_CHUNK}
     times = np.array(stamps) / OPUS_RATE
     before = np.array(levels)[times < speech_at - 0.1]
