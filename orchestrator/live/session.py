@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -50,6 +51,11 @@ LATENCY_SAMPLES = 500
 # The clock starts this long after the session is opened: frame 0 is planned at once (its
 # audio is final from the start) and needs a moment for its avatar frame to be read.
 START_LEAD_S = 0.1
+# A frame is still shown when the event loop gets to it this long after its time, and the
+# frames after it follow at once: two frame periods at 25 fps, jitter a receiver's buffer
+# absorbs. Skipping instead turned every stall of the loop over one frame period (40 ms at
+# 25 fps, seen under load) into a lost frame and a late count, with no later frame gained.
+CATCH_UP_S = 0.08
 
 
 class SessionState(StrEnum):
@@ -144,7 +150,10 @@ class Session:
         self._requests: set[asyncio.Task[_Prediction]] = set()  # lipsync requests running
         self._next_due = 0  # the next frame the emitter publishes
         self._published = asyncio.Event()
-        self._frame: tuple[int, np.ndarray] | None = None
+        # The newest frames published, oldest first: as many as the emitter publishes at
+        # once when it catches up (CATCH_UP_S of frames and the one due), read in turn.
+        kept = math.ceil(CATCH_UP_S * self.fps) + 1
+        self._recent: deque[tuple[int, np.ndarray]] = deque(maxlen=kept)
         self._room = asyncio.Event()  # set whenever speech has played (room in the queue)
         self._start = 0.0
         self._fallback: np.ndarray | None = None
@@ -233,12 +242,14 @@ class Session:
     # video
 
     async def next_frame(self, after: int) -> tuple[int, np.ndarray]:
-        """The newest frame published after frame `after` (waits for it)."""
-        while self._frame is None or self._frame[0] <= after:
+        """The first frame published after frame `after` that is still kept (waits for one):
+        frames published together as the emitter catches up are each read in turn; a reader
+        further behind than those skips ahead."""
+        while not self._recent or self._recent[-1][0] <= after:
             self._check_open()
             published = self._published
             await published.wait()
-        return self._frame
+        return next(frame for frame in self._recent if frame[0] > after)
 
     def sent(self) -> None:
         """A track handed frame to its peer."""
@@ -355,19 +366,20 @@ class Session:
         index = 0
         while True:
             await self.until(live.due_at(index, self.fps))
-            # Frames whose time has passed while the loop was busy are skipped, not shown
-            # late: the video stays on the clock.
-            current = max(index, int(self.now() * self.fps))
-            for skipped in range(index, current):
-                self._drop(skipped)
-            self._publish(current, self._take(current))
+            # A loop that was busy past a frame's time still shows the frame, up to
+            # CATCH_UP_S late (its timestamp keeps it on the clock; the next ones follow at
+            # once); frames further behind are skipped, so the video never falls behind.
+            while live.due_at(index, self.fps) < self.now() - CATCH_UP_S:
+                self._drop(index)
+                index += 1
+            self._publish(index, self._take(index))
             self._timeline.forget_before(self.position() - int(KEEP_BEHIND_S * SAMPLE_RATE))
             self._room.set()
-            index = self._next_due = current + 1
+            index = self._next_due = index + 1
 
     def _take(self, index: int) -> np.ndarray:
         planned = self._planned.pop(index, None)
-        fallback = self._frame[1] if self._frame is not None else self._fallback
+        fallback = self._recent[-1][1] if self._recent else self._fallback
         if planned is None:
             self._count(late=True, latency=None)
             assert fallback is not None  # start() read it
@@ -431,7 +443,7 @@ class Session:
         self._on_frame(late, latency)
 
     def _publish(self, index: int, frame: np.ndarray) -> None:
-        self._frame = (index, frame)
+        self._recent.append((index, frame))
         published, self._published = self._published, asyncio.Event()
         published.set()
 

@@ -33,7 +33,8 @@ OPUS_CHUNK = round(OPUS_RATE * CHUNK_S)
 
 
 class SessionVideoTrack(MediaStreamTrack):
-    """The session's frames as they are published; a slow reader skips to the newest."""
+    """The session's frames as they are published, in order; a reader that falls behind
+    skips ahead (Session.next_frame)."""
 
     kind = "video"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +16,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from modelkit.talking import expected_prediction
 from orchestrator.live.avatar_frames import FrameCache
 from orchestrator.live.frames import avatar_index, face_box, frame_mel_window, window_span
-from orchestrator.live.session import LiveModel, Session
+from orchestrator.live.session import CATCH_UP_S, LiveModel, Session
 from orchestrator.live.tracks import (
     CHUNK_S,
     OPUS_CHUNK,
@@ -179,6 +180,36 @@ async def test_interrupt_brings_the_mouth_to_rest_within_three_frames(session: S
     moving = [i for i, c in enumerate(after) if c > 0.0]
     assert not moving or max(moving) < 3, after
     assert session.speech_queued_s == 0.0
+
+
+def _stall(seconds: float) -> None:
+    """Blocks the calling event loop, as a loop busy with other work would be."""
+    time.sleep(seconds)
+
+
+async def test_a_stalled_loop_shows_the_frames_it_passed_unless_they_are_too_old(
+    session: Session,
+) -> None:
+    # The loop blocked on purpose (time.sleep, not a wait): what a busy loop does to the
+    # emitter. 95 ms from a frame's time puts the next frame 55 ms behind its own, past a
+    # frame period but within CATCH_UP_S: it is shown, then the following ones on time.
+    seen, _ = await session.next_frame(-1)
+    late = session.stats.late_frames
+    _stall(CATCH_UP_S + 0.015)
+    indices, before = [], seen
+    for _ in range(3):
+        seen, _ = await session.next_frame(seen)
+        indices.append(seen)
+    assert indices == [before + 1, before + 2, before + 3]
+    assert session.stats.late_frames == late  # silence: nothing was owed but the frames
+    # 0.3 s: the frames more than CATCH_UP_S behind are skipped, each counted late, and the
+    # video goes on from the clock, not from where it stopped.
+    _stall(0.3)
+    after, _ = await session.next_frame(seen)
+    skipped = after - seen - 1
+    assert skipped >= round((0.3 - CATCH_UP_S) * float(session.fps)) - 1
+    assert session.stats.late_frames >= late + skipped
+    assert after >= int(session.now() * float(session.fps)) - round(CATCH_UP_S * session.fps) - 1
 
 
 async def test_video_and_audio_are_stamped_from_the_sessions_one_clock(session: Session) -> None:
