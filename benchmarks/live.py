@@ -6,12 +6,15 @@
                               [--batch-backlog J [--backlog-sessions N] [--backlog-repeats R]]
                               [--frames-per-request K] [--replicas R]
 
-One run, one local Triton (started here unless --triton-url names one), one `dh serve`
-started here against it. For N sessions at once, each streams continuous speech (no pause
-over 0.2 s) in real time up its WebSocket as 16 kHz PCM and receives its frames over
-WebRTC with an aiortc client. For each N it prints the aggregate frames per second, the
-late-frame percentage and the latency from audio in to frame out (p50, p95); then the
-largest N with < 1 % late frames, the same for the naive architecture
+One run, one local Triton (started here unless --triton-url names one), and `dh serve`
+processes started here against it, one per core by default (--replicas): one process's
+interpreter carries the Python half of every session it holds (aiortc's RTP and SRTP, its
+event loop, the gRPC client) on one core at most, so a host is served as a fleet on one
+machine serves it, sessions spread round robin. For N sessions at once, each streams
+continuous speech (no pause over 0.2 s) in real time up its WebSocket as 16 kHz PCM and
+receives its frames over WebRTC with an aiortc client. For each N it prints the aggregate
+frames per second, the late-frame percentage and the latency from audio in to frame out
+(p50, p95); then the largest N with < 1 % late frames, the same for the naive architecture
 (benchmarks/naive_live.py: a server whose sessions are each a thread calling onnxruntime
 in process at batch 1, with the same WebSocket in and WebRTC out, measured by the same
 client), and the ratio of the frames per second the sessions sustain to the limit
@@ -23,13 +26,12 @@ gRPC client) and in the receiving side's transport, which shares this machine (T
 process, the model's side, is not counted). At that load, because a session's fixed costs
 (its clock, its tasks, packets per second) weigh per frame by how many share the machine:
 taken at fewer sessions, the limit would be one this load never had, and the ratio could
-pass 1. Both are measured in this run. (An encoder-only
-rate, composite and VP8 on identical frames, is reported as codec_encoder_fps: VP8 all but
-skips a picture that does not change, so it bounds nothing.) Then the whole machine's
-CPU per frame of each architecture at the same CODEC_SESSIONS sessions, Triton's
-processes included for the live path: the steadier comparison, since near capacity a
-single stall of the machine decides whether a round passes. The last line is one JSON
-object with every figure.
+pass 1. Both are measured in this run. (An encoder-only rate, composite and VP8 on
+identical frames, is reported as codec_encoder_fps: VP8 all but skips a picture that does
+not change, so it bounds nothing.) Then the whole machine's CPU per frame of each
+architecture at the same CODEC_SESSIONS sessions, Triton's processes included for the live
+path: the steadier comparison, since near capacity a single stall of the machine decides
+whether a round passes. The last line is one JSON object with every figure.
 
 With --batch-backlog J, N sessions (--backlog-sessions, default the largest passing N, at
 least 1) run R more times (--backlog-repeats) on each of two fresh `dh serve`s while J
@@ -39,9 +41,10 @@ Triton for its highest priority), one with it off; the mean late-frame fraction 
 goes into the JSON under "backlog", with the round trip of live requests behind a batch
 client's backlog at Triton alone (no orchestrator, no codec), priority on and off.
 --frames-per-request sets the servers' DH_LIVE_FRAMES_PER_REQUEST (default: theirs).
---replicas R spreads the live sessions round robin over R `dh serve` processes on the one
-Triton (a fleet on one host: one process's interpreter caps what it carries; the naive
-server stays one process, the CPU-per-frame round uses the first).
+--replicas R sets how many `dh serve` processes share the live sessions on the one Triton
+(default: the cores; 1 with --server-url). The naive server stays one process, as that
+architecture runs (its sessions' threads spend their time in onnxruntime, outside the
+interpreter's lock), and the CPU-per-frame round uses the first server.
 
 Latency is read from the pictures: a session is silent until its speech starts and the
 avatar is still, so the delay from the first loud block sent to the first frame whose
@@ -355,6 +358,14 @@ async def _alone(settings: Settings, video: Path, plan: Plan) -> tuple[float, fl
     return model_fps, codec, avatar, str(served.composite)
 
 
+def default_replicas() -> int:
+    """`dh serve` processes for the live sessions: one per core. One process carried 8-9
+    sessions on these two cores while the machine was 55-75 % busy (its interpreter holds
+    every session's Python work, on one core at most); two carried 10-12 with it 90 % busy
+    (2026-12-03)."""
+    return os.cpu_count() or 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks.live", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short speech: a smoke run")
@@ -393,10 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--replicas",
         type=int,
-        default=1,
         metavar="R",
         help="spread the live sessions over R dh serve processes on the one Triton "
-        "(the naive server stays one process)",
+        "(default: one per core, 1 with --server-url; the naive server stays one process)",
     )
     parser.add_argument(
         "--frames-per-request",
@@ -418,9 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         backlog_sessions=args.backlog_sessions,
         backlog_repeats=args.backlog_repeats,
         frames_per_request=args.frames_per_request,
-        replicas=args.replicas,
+        replicas=args.replicas
+        if args.replicas is not None
+        else (1 if args.server_url else default_replicas()),
     )
-    if args.replicas < 1 or (args.replicas > 1 and args.server_url):
+    if plan.replicas < 1 or (plan.replicas > 1 and args.server_url):
         parser.error("--replicas is 1 or more, and 1 with --server-url")
     return run(plan, args.triton_url, lambda line: print(line, flush=True))
 

@@ -217,3 +217,15 @@ def test_the_onset_of_speech_gives_the_delay_where_a_correlation_would_be_a_syll
     # A mouth that moves as much at rest as in speech has no onset.
     noise = np.random.default_rng(1).normal(0, 1, frame_t.size)
     assert onset_delay(level_t, level, frame_t, noise) is None
+
+
+def test_the_live_sessions_get_a_server_process_per_core_unless_one_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plans: list[live.Plan] = []
+    monkeypatch.setattr(live, "run", lambda plan, url, out: plans.append(plan) or 0)
+    monkeypatch.setattr(live.os, "cpu_count", lambda: 3)
+    live.main([])
+    live.main(["--replicas", "1"])
+    live.main(["--server-url", "http://127.0.0.1:1"])
+    assert [plan.replicas for plan in plans] == [3, 1, 1]
