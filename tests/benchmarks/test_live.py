@@ -223,8 +223,13 @@ def test_the_live_sessions_get_a_server_process_per_core_unless_one_is_given(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     plans: list[live.Plan] = []
-    monkeypatch.setattr(live, "run", lambda plan, url, out: plans.append(plan) or 0)
-    monkeypatch.setattr(live.os, "cpu_count", lambda: 3)
+
+    def run(plan: live.Plan, triton_url: str | None, out: object) -> int:
+        plans.append(plan)
+        return 0
+
+    monkeypatch.setattr(live, "run", run)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
     live.main([])
     live.main(["--replicas", "1"])
     live.main(["--server-url", "http://127.0.0.1:1"])
